@@ -1,0 +1,107 @@
+"""Typed sslab configuration: every key checked (type, range, unknown keys) before anything runs."""
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LOSSES = ("nt_xent", "info_nce", "contrastive", "triplet", "lifted_structured", "npair")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    uri: str = Field(description="a .parquet file, s3://bucket/key.parquet, an image folder, or cifar10://ROOT")
+    format: Literal["auto", "parquet", "folder", "cifar10"] = "auto"
+    image_column: str = "image"
+    label_column: str = "label"
+    image_size: int = Field(32, ge=8, le=1024)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    s3_endpoint_url: str | None = None
+
+
+class WorkloadConfig(Section):
+    kind: Literal["contrastive"] = "contrastive"
+    loss: Literal[LOSSES] = "nt_xent"
+    temperature: float = Field(0.5, gt=0.0, le=100.0)
+    margin: float = Field(1.0, gt=0.0)
+
+
+class AugmentConfig(Section):
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= value[1] <= 1.0:
+            raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
+        return value
+
+
+class ModelConfig(Section):
+    backbone: Literal["small_convnet", "resnet18_cifar"] = "small_convnet"
+    width: int = Field(32, ge=4, le=1024, description="channels of the first stage (small_convnet)")
+    projection_hidden_dim: int = Field(256, ge=1)
+    projection_dim: int = Field(64, ge=1)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(256, ge=2, le=1_000_000)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    max_seconds: float | None = Field(None, gt=0.0, description="stop after the epoch that crosses this wall time")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "TrainConfig":
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
+        return self
+
+
+class ResourcesConfig(Section):
+    workers: int = Field(1, ge=1, le=4096)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+
+
+class EvalConfig(Section):
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: float = Field(0.1, gt=0.0)
+    linear_probe: bool = True
+    embedding_map_points: int = Field(2000, ge=10)
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: sqlite:///file.db, http(s)://server, ...")
+    experiment: str | None = Field(None, description="defaults to the config's name")
+    artifact_location: str | None = Field(None, description="for a new experiment: a local folder or s3://bucket/prefix")
+
+
+class StorageConfig(Section):
+    path: str = Field("sslab_runs", description="Ray Train storage: local folder, shared folder or s3://bucket/prefix")
+
+
+class SSLabConfig(Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = Field(0, ge=0)
+    data: DataConfig
+    workload: WorkloadConfig = WorkloadConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()

@@ -1,0 +1,34 @@
+"""Ray Train callback that writes each report of a run into its MLflow run.
+
+It runs in the Ray Train controller, so one process writes a run's record and the workers stay
+free of MLflow: metrics from every worker's report, artifacts from the reported checkpoint.
+"""
+import ray.train
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+
+from .tracking import log_metrics
+
+SUMMED = {"train/images_per_s"}  # throughput adds up over workers; everything else is averaged
+
+
+class MlflowReportCallback(ray.train.UserCallback):
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint: ray.train.Checkpoint | None) -> None:
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        lead = metrics[0]
+        if "sslab.data_hash" in lead:
+            client.log_batch(self.run_id, params=[Param("data_hash", str(lead["sslab.data_hash"]))])
+        numeric = {}
+        for key, value in lead.items():
+            if key == "epoch" or not isinstance(value, (int, float)):
+                continue
+            values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
+            numeric[key] = sum(values) if key in SUMMED else sum(values) / len(values)
+        if numeric:
+            log_metrics(client, self.run_id, numeric, step=int(lead.get("epoch", 0)))
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                client.log_artifacts(self.run_id, folder)

@@ -1,0 +1,14 @@
+"""Join the Ray cluster named by RAY_ADDRESS, or start a local instance (the embedded default)."""
+import os
+
+import ray
+
+
+def ensure_ray() -> None:
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        # A local instance is private to this machine: bind it to loopback.
+        ray.init(include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")

@@ -1,0 +1,95 @@
+"""The MLflow record of DESIGN.md: experiments, runs, params, status that tells the truth."""
+import os
+import subprocess
+import tempfile
+import time
+import traceback
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from .config import SSLabConfig
+
+# The short names DESIGN.md's record promises, beside the full dotted config.
+CONTRACT_PARAMS = {
+    "workload": "workload.kind", "loss": "workload.loss", "temperature": "workload.temperature",
+    "margin": "workload.margin", "batch_size": "train.batch_size", "lr": "train.lr", "epochs": "train.epochs",
+    "backbone": "model.backbone", "seed": "seed", "data_uri": "data.uri",
+}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_params(config: SSLabConfig) -> dict[str, str]:
+    flat = {k: v for k, v in flatten(config.model_dump()).items() if not k.startswith("tracking.")}
+    params = {short: flat[full] for short, full in CONTRACT_PARAMS.items()}
+    params.update({k: v for k, v in flat.items() if k not in CONTRACT_PARAMS.values()})
+    return {k: str(v) for k, v in params.items()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracker:
+    """Creates and closes runs; per-epoch logging happens in the Ray Train callback."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifact_location)
+        )
+
+    def start_run(self, config: SSLabConfig, kind: str, run_name: str | None = None, tags: dict | None = None) -> str:
+        all_tags = {"sslab.kind": kind, **(tags or {})}
+        commit = git_commit()
+        if commit:
+            all_tags["mlflow.source.git.commit"] = commit
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        params = run_params(config)
+        if commit:
+            params["code_version"] = commit
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "config.yaml")
+            with open(path, "w") as handle:
+                yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
+            self.client.log_artifact(run_id, path)
+        return run_id
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, error: BaseException) -> None:
+        """FAILED with the error as a tag and an artifact; KILLED when interrupted by the user."""
+        killed = isinstance(error, KeyboardInterrupt)
+        message = f"{type(error).__name__}: {error}"
+        self.client.log_batch(run_id, tags=[RunTag("sslab.error", message[:4900])])
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "error.txt")
+            with open(path, "w") as handle:
+                handle.write("".join(traceback.format_exception(error)))
+            self.client.log_artifact(run_id, path)
+        self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])

@@ -1,0 +1,60 @@
+"""`sslab train`: one pretraining run through Ray Train, recorded as one MLflow run."""
+import os
+from dataclasses import dataclass
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from .config import SSLabConfig
+from .mlflow_callback import MlflowReportCallback
+from .ray_runtime import ensure_ray
+from .tracking import Tracker
+from .train_worker import train_worker
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    metrics: dict
+    checkpoint_dir: str | None
+
+
+def scaling_for(config: SSLabConfig) -> ray.train.ScalingConfig:
+    resources = config.resources
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
+                                   resources_per_worker=per_worker)
+
+
+def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = None) -> TrainResult:
+    """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error."""
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment or config.name, config.tracking.artifact_location)
+    run_id = tracker.start_run(config, kind=kind, run_name=config.name, tags=tags)
+    try:
+        ensure_ray()
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": config.model_dump(mode="json")},
+            scaling_config=scaling_for(config),
+            run_config=ray.train.RunConfig(
+                name=f"{config.name}-{run_id[:8]}",
+                storage_path=storage_path(config.storage.path),
+                callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
+                failure_config=ray.train.FailureConfig(max_failures=0),
+            ),
+        )
+        result = trainer.fit()
+    except BaseException as error:
+        tracker.fail(run_id, error)
+        raise
+    tracker.finish(run_id)
+    checkpoint_dir = result.checkpoint.path if result.checkpoint else None
+    return TrainResult(run_id, tracker.experiment_id, dict(result.metrics or {}), checkpoint_dir)
+
+
+def storage_path(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)

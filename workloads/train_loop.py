@@ -1,0 +1,88 @@
+"""One training epoch in plain PyTorch: batches of decoded images -> two augmented views -> loss -> step.
+
+Distribution-agnostic: the caller passes this worker's shard of the indices (and a DDP-wrapped
+module where there are several workers); the orchestrator decides how to run and record it.
+"""
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    lr: float
+    images_per_s: float
+    seconds: float
+    steps: int
+
+
+def epoch_shard(num_samples: int, epoch: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
+    """The same seeded permutation on every worker, each taking every world_size-th index."""
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[rank::world_size]
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA ('auto' or 'bf16'); fp32 elsewhere."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_epoch(
+    learner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    augment: nn.Module,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "auto",
+    on_step: Callable[[int, float], None] | None = None,
+) -> EpochStats:
+    """Full batches only (drop_last), so every step sees batch_size images."""
+    learner.train()
+    steps = len(indices) // batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size {batch_size} is larger than this worker's {len(indices)} training images")
+    total = torch.zeros((), device=device)
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = images[indices[step * batch_size : (step + 1) * batch_size]].to(device, non_blocking=True)
+        with torch.no_grad():
+            view1, view2 = augment(batch)
+        with autocast_for(device, precision):
+            loss = learner(view1, view2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach()
+        if on_step is not None:
+            on_step(step, float(loss.detach()) if step % 10 == 0 else float("nan"))
+    seconds = time.perf_counter() - start
+    return EpochStats(
+        loss=float(total) / steps,
+        lr=optimizer.param_groups[0]["lr"],
+        images_per_s=steps * batch_size / seconds,
+        seconds=seconds,
+        steps=steps,
+    )
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """Linear warmup then cosine decay, stepped once per training step."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    if warmup_steps == 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
