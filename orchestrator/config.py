@@ -81,6 +81,7 @@ class EvalConfig(Section):
     knn_temperature: float = Field(0.1, gt=0.0)
     linear_probe: bool = True
     embedding_map_points: int = Field(2000, ge=10)
+    random_init_baseline: bool = Field(False, description="also score the encoder before training (downstream/random_init/knn_top1)")
 
 
 class TrackingConfig(Section):

@@ -12,6 +12,8 @@ from workloads.checkpoint import save_encoder
 from workloads.contrastive import ContrastiveLearner
 from workloads.data import load_images, stratified_split
 from workloads.downstream import downstream_scores
+from workloads.evaluate import knn_accuracy
+from workloads.evaluate.features import extract_features
 from workloads.models import ProjectionHead, build_backbone
 from workloads.train_loop import epoch_shard, train_epoch, warmup_cosine
 
@@ -53,6 +55,11 @@ def train_worker(loop_config: dict) -> None:
     steps_per_epoch = (len(train) // world) // per_worker_batch
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
 
+    baseline = {}
+    if rank == 0 and config.eval.random_init_baseline:
+        features = [extract_features(backbone, images, device=device) for images in (train.images, val.images)]
+        baseline["downstream/random_init/knn_top1"] = knn_accuracy(features[0], train.labels, features[1], val.labels,
+                                                                   k=config.eval.knn_k, temperature=config.eval.knn_temperature)
     progress = _progress_bar(config, rank, steps_per_epoch)
     for epoch in range(config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world)
@@ -60,7 +67,7 @@ def train_worker(loop_config: dict) -> None:
                             config.train.precision, on_step=(lambda step, loss: progress.update(1)) if progress else None)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s}
         if epoch == 0:
-            metrics["sslab.data_hash"] = data.content_hash
+            metrics.update({"sslab.data_hash": data.content_hash, **baseline})
         if progress:
             progress.set_description(f"epoch {epoch + 1}/{config.train.epochs} loss {stats.loss:.3f}")
         ray.train.report(metrics)
