@@ -1,5 +1,4 @@
 """`sslab train`: one pretraining run through Ray Train, recorded as one MLflow run."""
-import os
 from dataclasses import dataclass
 
 import ray
@@ -7,6 +6,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from .config import SSLabConfig
+from .local_paths import with_absolute_paths
 from .mlflow_callback import MlflowReportCallback
 from .ray_runtime import ensure_ray
 from .tracking import Tracker
@@ -17,6 +17,7 @@ from .train_worker import train_worker
 class TrainResult:
     run_id: str
     experiment_id: str
+    tracking_uri: str
     metrics: dict
     checkpoint_dir: str | None
 
@@ -32,6 +33,7 @@ def scaling_for(config: SSLabConfig) -> ray.train.ScalingConfig:
 
 def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = None) -> TrainResult:
     """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error."""
+    config = with_absolute_paths(config)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment or config.name, config.tracking.artifact_location)
     run_id = tracker.start_run(config, kind=kind, run_name=config.name, tags=tags)
     try:
@@ -42,7 +44,7 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
             scaling_config=scaling_for(config),
             run_config=ray.train.RunConfig(
                 name=f"{config.name}-{run_id[:8]}",
-                storage_path=storage_path(config.storage.path),
+                storage_path=config.storage.path,
                 callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
                 failure_config=ray.train.FailureConfig(max_failures=0),
             ),
@@ -53,8 +55,4 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
         raise
     tracker.finish(run_id)
     checkpoint_dir = result.checkpoint.path if result.checkpoint else None
-    return TrainResult(run_id, tracker.experiment_id, dict(result.metrics or {}), checkpoint_dir)
-
-
-def storage_path(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+    return TrainResult(run_id, tracker.experiment_id, config.tracking.uri, dict(result.metrics or {}), checkpoint_dir)

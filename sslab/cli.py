@@ -20,7 +20,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     result = run_training(config)
-    scores = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("downstream/", "repr/"))}
+    from mlflow.tracking import MlflowClient
+
+    recorded = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
+    scores = {k: round(v, 4) for k, v in sorted(recorded.items()) if k.startswith(("downstream/", "repr/"))}
     print(json.dumps({"run_id": result.run_id, "experiment_id": result.experiment_id, **scores}, indent=2))
     print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking.uri}", file=sys.stderr)
     return 0
