@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.config_loader import ConfigError
-    from workloads.data import DataError
+    from workloads.errors import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -1,2 +1,3 @@
-class DataError(ValueError):
-    """Bad input data: names the file (and row, where there is one) and what would be valid."""
+from ..errors import DataError
+
+__all__ = ["DataError"]
