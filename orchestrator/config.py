@@ -60,8 +60,8 @@ class TrainConfig(Section):
     warmup_epochs: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    max_seconds: float | None = Field(None, gt=0.0, description="stop after the epoch that crosses this wall time")
     progress: bool = True
+    max_failures: int = Field(0, ge=-1, description="Ray Train restarts from the last epoch's checkpoint this many times (-1: forever)")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":
@@ -106,3 +106,10 @@ class SSLabConfig(Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self) -> "SSLabConfig":
+        if self.train.batch_size % self.resources.workers:
+            raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of resources.workers "
+                             f"({self.resources.workers}): each worker takes an equal share of the batch")
+        return self

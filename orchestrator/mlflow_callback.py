@@ -3,6 +3,8 @@
 It runs in the Ray Train controller, so one process writes a run's record and the workers stay
 free of MLflow: metrics from every worker's report, artifacts from the reported checkpoint.
 """
+import os
+
 import ray.train
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
@@ -31,4 +33,5 @@ class MlflowReportCallback(ray.train.UserCallback):
             log_metrics(client, self.run_id, numeric, step=int(lead.get("epoch", 0)))
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                client.log_artifacts(self.run_id, folder)
+                if os.path.exists(os.path.join(folder, "encoder.pt")):  # the final one; per-epoch state stays in Ray storage
+                    client.log_artifacts(self.run_id, folder)

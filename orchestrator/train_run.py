@@ -46,7 +46,8 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
                 name=f"{config.name}-{run_id[:8]}",
                 storage_path=config.storage.path,
                 callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
-                failure_config=ray.train.FailureConfig(max_failures=0),
+                failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
         )
         result = trainer.fit()

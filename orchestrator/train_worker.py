@@ -1,24 +1,19 @@
 """The per-worker function of a Ray Train run: the contrastive workload, reporting through ray.train."""
-import os
-import tempfile
-
 import ray.train
 import ray.train.torch
 import torch
-import yaml
 
 from workloads.augment import SimCLRAugment
-from workloads.checkpoint import save_encoder
 from workloads.contrastive import ContrastiveLearner
-from workloads.data import load_images, stratified_split
-from workloads.downstream import downstream_scores
+from workloads.data import ImageDataset, load_images, stratified_split
 from workloads.evaluate import knn_accuracy
 from workloads.evaluate.features import extract_features
 from workloads.models import ProjectionHead, build_backbone
 from workloads.train_loop import epoch_shard, train_epoch, warmup_cosine
 
 from .config import SSLabConfig
-from .figures import embedding_map
+from .final_report import report_final
+from .train_state import latest_state, report_epoch
 
 
 def build_optimizer(params, train) -> torch.optim.Optimizer:
@@ -32,6 +27,20 @@ def backbone_kwargs(config: SSLabConfig) -> dict:
     return {"width": config.model.width} if config.model.backbone == "small_convnet" else {}
 
 
+def load_splits(config: SSLabConfig) -> tuple[ImageDataset, ImageDataset]:
+    data = load_images(config.data.uri, config.data.format, config.data.image_column, config.data.label_column,
+                       config.data.image_size, config.data.s3_endpoint_url)
+    train_idx, val_idx = stratified_split(data.labels, config.data.val_fraction, config.seed)
+    return data.subset(train_idx), data.subset(val_idx)
+
+
+def random_init_knn(config: SSLabConfig, backbone, train: ImageDataset, val: ImageDataset, device) -> dict:
+    features = [extract_features(backbone, split.images, device=device) for split in (train, val)]
+    score = knn_accuracy(features[0], train.labels, features[1], val.labels, k=config.eval.knn_k,
+                         temperature=config.eval.knn_temperature)
+    return {"downstream/random_init/knn_top1": score}
+
+
 def train_worker(loop_config: dict) -> None:
     config = SSLabConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -39,38 +48,42 @@ def train_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
     torch.manual_seed(config.seed * 1000 + rank)  # model init is synchronised by DDP; augmentations differ per rank
     device = ray.train.torch.get_device()
-
-    data = load_images(config.data.uri, config.data.format, config.data.image_column, config.data.label_column,
-                       config.data.image_size, config.data.s3_endpoint_url)
-    train_idx, val_idx = stratified_split(data.labels, config.data.val_fraction, config.seed)
-    train, val = data.subset(train_idx), data.subset(val_idx)
+    train, val = load_splits(config)
     per_worker_batch = config.train.batch_size // world
 
     backbone = build_backbone(config.model.backbone, **backbone_kwargs(config))
     head = ProjectionHead(backbone.feature_dim, config.model.projection_hidden_dim, config.model.projection_dim)
     learner = ContrastiveLearner(backbone, head, config.workload.loss, config.workload.temperature, config.workload.margin)
-    learner = ray.train.torch.prepare_model(learner)
-    augment = SimCLRAugment(config.data.image_size, **config.augment.model_dump()).to(device)
     optimizer = build_optimizer(learner.parameters(), config.train)
     steps_per_epoch = (len(train) // world) // per_worker_batch
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
+    resumed, first_epoch, first_metrics = latest_state(), 0, {"sslab.data_hash": train.content_hash}
+    if resumed:
+        learner.load_state_dict(resumed["learner"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        first_epoch = resumed["epoch"] + 1
+    elif rank == 0 and config.eval.random_init_baseline:
+        first_metrics.update(random_init_knn(config, backbone.to(device), train, val, device))
+    learner = ray.train.torch.prepare_model(learner)
+    augment = SimCLRAugment(config.data.image_size, **config.augment.model_dump()).to(device)
 
-    baseline = {}
-    if rank == 0 and config.eval.random_init_baseline:
-        features = [extract_features(backbone, images, device=device) for images in (train.images, val.images)]
-        baseline["downstream/random_init/knn_top1"] = knn_accuracy(features[0], train.labels, features[1], val.labels,
-                                                                   k=config.eval.knn_k, temperature=config.eval.knn_temperature)
-    progress = _progress_bar(config, rank, steps_per_epoch)
-    for epoch in range(config.train.epochs):
+    progress = _progress_bar(config, rank, steps_per_epoch, first_epoch)
+    for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world)
         stats = train_epoch(learner, optimizer, scheduler, train.images, indices, augment, per_worker_batch, device,
                             config.train.precision, on_step=(lambda step, loss: progress.update(1)) if progress else None)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s}
-        if epoch == 0:
-            metrics.update({"sslab.data_hash": data.content_hash, **baseline})
+        if epoch == first_epoch:
+            metrics.update(first_metrics)
         if progress:
             progress.set_description(f"epoch {epoch + 1}/{config.train.epochs} loss {stats.loss:.3f}")
-        ray.train.report(metrics)
+        state = None
+        if rank == 0:
+            plain = learner.module if hasattr(learner, "module") else learner
+            state = {"learner": plain.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch}
+        report_epoch(metrics, state)
     if progress:
         progress.close()
 
@@ -78,25 +91,14 @@ def train_worker(loop_config: dict) -> None:
         ray.train.report({"epoch": config.train.epochs})
         return
     encoder = learner.module.backbone if hasattr(learner, "module") else learner.backbone
-    scores, val_features = downstream_scores(encoder, train.images, train.labels, val.images, val.labels,
-                                             config.eval.knn_k, config.eval.knn_temperature, config.eval.linear_probe,
-                                             device, config.seed)
-    with tempfile.TemporaryDirectory() as folder:
-        save_encoder(os.path.join(folder, "encoder.pt"), encoder, config.model.backbone, backbone_kwargs(config), {
-            "image_size": config.data.image_size, "data": {"uri": config.data.uri, "content_hash": data.content_hash},
-            "eval": config.eval.model_dump(), "classes": data.classes, "seed": config.seed,
-        })
-        shown = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[: config.eval.embedding_map_points]
-        embedding_map(val_features[shown], val.labels[shown], data.classes, os.path.join(folder, "embedding_map.png"),
-                      f"{config.name}: validation features (t-SNE), kNN top-1 {scores['downstream/knn_top1']:.3f}")
-        with open(os.path.join(folder, "resolved_config.yaml"), "w") as handle:
-            yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
-        ray.train.report({"epoch": config.train.epochs, **scores}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    report_final(config, encoder, backbone_kwargs(config), train, val, device)
 
 
-def _progress_bar(config: SSLabConfig, rank: int, steps_per_epoch: int):
+def _progress_bar(config: SSLabConfig, rank: int, steps_per_epoch: int, first_epoch: int):
     if rank != 0 or not config.train.progress:
         return None
     from ray.experimental.tqdm_ray import tqdm
 
-    return tqdm(total=steps_per_epoch * config.train.epochs, desc=f"epoch 1/{config.train.epochs}")
+    bar = tqdm(total=steps_per_epoch * config.train.epochs, desc=f"epoch {first_epoch + 1}/{config.train.epochs}")
+    bar.update(steps_per_epoch * first_epoch)
+    return bar
