@@ -148,7 +148,7 @@ def loss_checks(device: torch.device, batch: int, log) -> dict:
             loss.backward()
             entry[precision] = {
                 "embedding_dtype": str(z1.dtype).replace("torch.", ""), "loss_dtype": str(loss.dtype).replace("torch.", ""),
-                "loss": float(loss), "finite": bool(torch.isfinite(loss)) and _grads_finite(layer.parameters()),
+                "loss": float(loss.detach()), "finite": bool(torch.isfinite(loss.detach())) and _grads_finite(layer.parameters()),
                 "grad": layer.weight.grad.detach().float().clone(),
             }
         g32, g16 = entry["fp32"].pop("grad"), entry["bf16"].pop("grad")
@@ -163,7 +163,7 @@ def loss_checks(device: torch.device, batch: int, log) -> dict:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = learner(*views)
         loss.backward()
-        entry["learner"] = {"loss": float(loss), "finite": bool(torch.isfinite(loss)) and _grads_finite(learner.parameters())}
+        entry["learner"] = {"loss": float(loss.detach()), "finite": bool(torch.isfinite(loss.detach())) and _grads_finite(learner.parameters())}
         checks = [entry["fp32"]["finite"], entry["bf16"]["finite"], entry["learner"]["finite"], entry["bf16_embeddings"]]
         if name == "nt_xent":
             entry["tolerance"] = {"loss_rtol": NT_XENT_LOSS_RTOL, "grad_rtol": NT_XENT_GRAD_RTOL}

@@ -89,6 +89,6 @@ def test_quickstart_beats_random_init_by_five_points(workdir):
     client = MlflowClient("sqlite:///mlflow.db")
     run = client.get_run(scores["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sslab.kind"] == "train"
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 10
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 15
     assert {"encoder.pt", "embedding_map.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out.stderr
