@@ -3,6 +3,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workloads.negatives import NEGATIVES
+
 LOSSES = ("nt_xent", "info_nce", "contrastive", "triplet", "lifted_structured", "npair")
 
 
@@ -41,6 +43,22 @@ class AugmentConfig(Section):
         if not 0.0 < value[0] <= value[1] <= 1.0:
             raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
         return value
+
+
+class BankConfig(Section):
+    """The shared, sharded memory bank of negatives (mode none: in-batch negatives only)."""
+
+    mode: Literal["none", "queue", "instance"] = "none"
+    size: int = Field(4096, ge=1, description="queue: K keys; instance: one entry per training image (>= their number)")
+    shards: int = Field(1, ge=1, le=1024)
+    negatives: Literal["exact", "sampled", "hardest"] = "exact"
+    k: int = Field(16, ge=1, description="hardest: negatives mined per query")
+    n: int = Field(4096, ge=1, description="sampled: negatives drawn per step")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    momentum: float = Field(0.5, ge=0.0, lt=1.0, description="instance mode: v <- normalize(m v + (1 - m) f)")
+    key_momentum: float = Field(0.99, ge=0.0, lt=1.0, description="the MoCo key encoder's EMA momentum")
+    cpus_per_shard: float = Field(0.01, ge=0.0)
+    snapshot_every: int = Field(20, ge=1, description="steps between shard snapshots (refill after a shard restart)")
 
 
 class ModelConfig(Section):
@@ -99,6 +117,7 @@ class SSLabConfig(Section):
     seed: int = Field(0, ge=0)
     data: DataConfig
     workload: WorkloadConfig = WorkloadConfig()
+    bank: BankConfig = BankConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -112,4 +131,15 @@ class SSLabConfig(Section):
         if self.train.batch_size % self.resources.workers:
             raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of resources.workers "
                              f"({self.resources.workers}): each worker takes an equal share of the batch")
+        return self
+
+    @model_validator(mode="after")
+    def _bank_fits_loss(self) -> "SSLabConfig":
+        if self.bank.mode == "none":
+            return self
+        if self.workload.loss not in NEGATIVES[self.bank.negatives]:
+            raise ValueError(f"workload.loss {self.workload.loss!r} cannot use bank.negatives {self.bank.negatives!r}; "
+                             f"valid losses: {', '.join(NEGATIVES[self.bank.negatives])}")
+        if self.bank.mode == "queue" and self.bank.size % self.bank.shards:
+            raise ValueError(f"bank.size ({self.bank.size}) must be a multiple of bank.shards ({self.bank.shards}) in queue mode")
         return self

@@ -6,11 +6,7 @@ import torch
 from .bank.protocol import NegativeBank
 from .losses import contrastive_loss, info_nce_loss, lifted_structured_loss, npair_loss, triplet_loss
 
-NEGATIVES = {
-    "exact": ("info_nce",),
-    "sampled": ("info_nce", "npair"),
-    "hardest": ("info_nce", "npair", "triplet", "contrastive", "lifted_structured"),
-}
+from .negatives import NEGATIVES
 
 
 def check_bank_loss(negatives: str, loss: str) -> None:
