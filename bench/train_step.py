@@ -1,7 +1,7 @@
 """Training-step throughput: sslab's `train_epoch` against a bare PyTorch loop, same run.
 
-    .venv/bin/python bench/train_step.py                     # ~1.5 minutes on 2 CPU cores
-    .venv/bin/python bench/train_step.py --rounds 3 --steps 2 # quick
+    .venv/bin/python bench/train_step.py                     # ~40 s on 2 quiet CPU cores, ~3 min at load 4
+    .venv/bin/python bench/train_step.py --threads 1         # steadier on shared cores
     python3 bench/train_step.py --device cuda --backbone resnet18_cifar --batch-size 512
 
 Both sides train SimCLR (NT-Xent, temperature 0.5) with AdamW (lr 1e-3, weight decay 1e-4) on
