@@ -239,14 +239,16 @@ class ShardServer:
         return await self._query(copy, seq, inc, step, can_refill, timeout, self.shard.contents)
 
     async def snapshot(self, copy, seq, inc, step, can_refill, timeout):
-        """The shard's whole state (held pushes and exactly-once records included); applies nothing."""
+        """(reply, state): the shard's whole state (held pushes and exactly-once records
+        included), or None when this incarnation is not refilled yet; applies nothing. Called
+        with num_returns=2 so that a client can check the small reply without fetching the state."""
         await self._turn(copy, seq, timeout)
         try:
             if inc is not None and inc != self.incarnation:
-                return self._reply("restarted")
+                return self._reply("restarted"), None
             if self.needs_refill:
-                return self._reply("refill")
-            return self._reply(result=self._state())
+                return self._reply("refill"), None
+            return self._reply(), self._state()
         finally:
             await self._done(copy, seq)
 
@@ -258,15 +260,24 @@ class ShardServer:
                 "unstepped_done": dict(self.unstepped_done), "generator": self.generator.get_state()}
 
     async def restore(self, copy, seq, inc, candidates, entries, force, timeout):
-        """Refill from the newest valid snapshot in `candidates` (replies of `snapshot`, or None for
-        an empty shard), then apply the logged pushes and the replayed `entries`. Without `force`,
+        """Refill from the newest valid snapshot in `candidates` (states from `snapshot`; none
+        valid: an empty shard), then apply the logged pushes and the replayed `entries`. Without `force`,
         only a shard that needs a refill is restored (the first restore wins; a later one only
         replays its entries)."""
         await self._turn(copy, seq, timeout)
         try:
             if not (self.needs_refill or force):
                 return self._reply("skipped", result=[self._receive(*e) for e in _ordered(entries)])
-            state = next((c["result"] for c in candidates or [] if c is not None and c.get("status") == "ok"), None)
+            state = None
+            for candidate in candidates or []:  # newest first: states, or ObjectRefs of them
+                if candidate is not None and not isinstance(candidate, dict):
+                    try:
+                        candidate = await candidate
+                    except Exception:  # noqa: BLE001 - a lost snapshot: try the older one
+                        continue
+                if isinstance(candidate, dict):
+                    state = candidate
+                    break
             self.shard = BankShard(**self.args)
             self._reset_protocol()
             if state is not None:

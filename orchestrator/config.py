@@ -57,7 +57,7 @@ class BankConfig(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     momentum: float = Field(0.5, ge=0.0, lt=1.0, description="instance mode: v <- normalize(m v + (1 - m) f)")
     key_momentum: float = Field(0.99, ge=0.0, lt=1.0, description="the MoCo key encoder's EMA momentum")
-    cpus_per_shard: float = Field(0.01, ge=0.0)
+    cpus_per_shard: float = Field(0.0, ge=0.0, description="CPUs reserved per shard actor (0: placed by memory only)")
     snapshot_every: int = Field(20, ge=1, description="steps between shard snapshots (refill after a shard restart)")
 
 

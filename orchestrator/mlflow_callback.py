@@ -11,7 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from .tracking import log_metrics
 
-SUMMED = {"train/images_per_s"}  # throughput adds up over workers; everything else is averaged
+SUMMED = {"train/images_per_s"}  # throughput adds up over workers
+MAXED = {"bank/shard_restarts"}  # every worker sees the same restarts of the one shared bank
+# everything else is averaged over workers
 
 
 class MlflowReportCallback(ray.train.UserCallback):
@@ -23,12 +25,15 @@ class MlflowReportCallback(ray.train.UserCallback):
         lead = metrics[0]
         if "sslab.data_hash" in lead:
             client.log_batch(self.run_id, params=[Param("data_hash", str(lead["sslab.data_hash"]))])
+        nodes = sorted({str(m["sslab.node_id"]) for m in metrics if "sslab.node_id" in m})
+        if nodes:
+            client.set_tag(self.run_id, "sslab.worker_nodes", ",".join(nodes))
         numeric = {}
         for key, value in lead.items():
             if key == "epoch" or not isinstance(value, (int, float)):
                 continue
             values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
-            numeric[key] = sum(values) if key in SUMMED else sum(values) / len(values)
+            numeric[key] = sum(values) if key in SUMMED else max(values) if key in MAXED else sum(values) / len(values)
         if numeric:
             log_metrics(client, self.run_id, numeric, step=int(lead.get("epoch", 0)))
         if checkpoint is not None:

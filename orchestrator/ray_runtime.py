@@ -10,6 +10,6 @@ def ensure_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        # A local instance is private to this machine: bind it to loopback. The dashboard serves the
-        # state API that Ray Train uses to watch its controller (and the Jobs API).
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, _node_ip_address="127.0.0.1")
+        # A new local instance ("local": never silently join another one found on this machine), bound
+        # to loopback. The dashboard serves the state API that Ray Train uses to watch its controller.
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, _node_ip_address="127.0.0.1")

@@ -31,16 +31,32 @@ def scaling_for(config: SSLabConfig) -> ray.train.ScalingConfig:
                                    resources_per_worker=per_worker)
 
 
+def open_bank(config: SSLabConfig):
+    """The trial's one memory bank (shard actors), shared by all its workers; None without a bank."""
+    if config.bank.mode == "none":
+        return None
+    from .memory_bank import ShardedMemoryBank
+
+    spec = config.bank
+    return ShardedMemoryBank(size=spec.size, dim=config.model.projection_dim, num_shards=spec.shards, mode=spec.mode,
+                             momentum=spec.momentum, dtype=spec.dtype, world_size=config.resources.workers,
+                             seed=config.seed, snapshot_every=spec.snapshot_every, num_cpus=spec.cpus_per_shard)
+
+
 def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = None) -> TrainResult:
     """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error."""
     config = with_absolute_paths(config)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment or config.name, config.tracking.artifact_location)
     run_id = tracker.start_run(config, kind=kind, run_name=config.name, tags=tags)
+    bank = None
     try:
         ensure_ray()
+        bank = open_bank(config)
+        if bank is not None:
+            tracker.client.set_tag(run_id, "sslab.bank_nodes", ",".join(sorted(set(map(str, bank.shard_nodes)))))
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": config.model_dump(mode="json")},
+            train_loop_config={"config": config.model_dump(mode="json"), "bank": bank},
             scaling_config=scaling_for(config),
             run_config=ray.train.RunConfig(
                 name=f"{config.name}-{run_id[:8]}",
@@ -54,6 +70,9 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
     except BaseException as error:
         tracker.fail(run_id, error)
         raise
+    finally:
+        if bank is not None:
+            bank.close()
     tracker.finish(run_id)
     checkpoint_dir = result.checkpoint.path if result.checkpoint else None
     return TrainResult(run_id, tracker.experiment_id, config.tracking.uri, dict(result.metrics or {}), checkpoint_dir)

@@ -4,11 +4,14 @@ import ray.train.torch
 import torch
 
 from workloads.augment import SimCLRAugment
+from workloads.bank_objective import BankObjective
+from workloads.bank_train_loop import train_epoch_with_bank
 from workloads.contrastive import ContrastiveLearner
 from workloads.data import ImageDataset, load_images, stratified_split
 from workloads.evaluate import knn_accuracy
 from workloads.evaluate.features import extract_features
 from workloads.models import ProjectionHead, build_backbone
+from workloads.momentum_contrast import MomentumKeyEncoder, QueryEncoder
 from workloads.train_loop import epoch_shard, train_epoch, warmup_cosine
 
 from .config import SSLabConfig
@@ -53,29 +56,57 @@ def train_worker(loop_config: dict) -> None:
 
     backbone = build_backbone(config.model.backbone, **backbone_kwargs(config))
     head = ProjectionHead(backbone.feature_dim, config.model.projection_hidden_dim, config.model.projection_dim)
-    learner = ContrastiveLearner(backbone, head, config.workload.loss, config.workload.temperature, config.workload.margin)
+    bank = loop_config.get("bank")
+    if bank is None:  # in-batch negatives
+        learner = ContrastiveLearner(backbone, head, config.workload.loss, config.workload.temperature, config.workload.margin)
+        key_encoder = objective = None
+    else:  # negatives from the trial's shared bank, keys from a momentum encoder
+        if bank.mode == "instance" and bank.size < len(train):
+            raise ValueError(f"bank.size ({bank.size}) must be at least the number of training images ({len(train)}) "
+                             "in instance mode: one entry per image")
+        learner = QueryEncoder(backbone, head)
+        key_encoder = MomentumKeyEncoder(learner, config.bank.key_momentum)
+        objective = BankObjective(bank, config.bank.negatives, config.workload.loss, config.workload.temperature,
+                                  config.workload.margin, config.bank.k, config.bank.n)
     optimizer = build_optimizer(learner.parameters(), config.train)
     steps_per_epoch = (len(train) // world) // per_worker_batch
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
-    resumed, first_epoch, first_metrics = latest_state(), 0, {"sslab.data_hash": train.content_hash}
+    resumed, first_epoch, first_metrics = latest_state(), 0, {
+        "sslab.data_hash": train.content_hash, "sslab.node_id": ray.get_runtime_context().get_node_id()}
     if resumed:
         learner.load_state_dict(resumed["learner"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         first_epoch = resumed["epoch"] + 1
+        if key_encoder is not None:
+            key_encoder.load_state_dict(resumed["key_encoder"])
+            if rank == 0:
+                bank.load_state_dict(resumed["bank"])
+            if world > 1:
+                torch.distributed.barrier()  # nobody queries the bank before it is restored
     elif rank == 0 and config.eval.random_init_baseline:
         first_metrics.update(random_init_knn(config, backbone.to(device), train, val, device))
     learner = ray.train.torch.prepare_model(learner)
+    if key_encoder is not None:
+        key_encoder.encoder.to(device)
     augment = SimCLRAugment(config.data.image_size, **config.augment.model_dump()).to(device)
 
     progress = _progress_bar(config, rank, steps_per_epoch, first_epoch)
+    tick = (lambda step, loss: progress.update(1)) if progress else None
     for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world)
-        stats = train_epoch(learner, optimizer, scheduler, train.images, indices, augment, per_worker_batch, device,
-                            config.train.precision, on_step=(lambda step, loss: progress.update(1)) if progress else None)
+        if objective is None:
+            stats = train_epoch(learner, optimizer, scheduler, train.images, indices, augment, per_worker_batch, device,
+                                config.train.precision, on_step=tick)
+        else:
+            stats = train_epoch_with_bank(learner, key_encoder, objective, optimizer, scheduler, train.images, indices,
+                                          augment, per_worker_batch, device, epoch * steps_per_epoch, rank,
+                                          config.train.precision, on_step=tick)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s}
         if epoch == first_epoch:
             metrics.update(first_metrics)
+        if bank is not None:
+            metrics.update(bank.metrics())
         if progress:
             progress.set_description(f"epoch {epoch + 1}/{config.train.epochs} loss {stats.loss:.3f}")
         state = None
@@ -83,6 +114,8 @@ def train_worker(loop_config: dict) -> None:
             plain = learner.module if hasattr(learner, "module") else learner
             state = {"learner": plain.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch}
+            if bank is not None:
+                state.update(key_encoder=key_encoder.state_dict(), bank=bank.state_dict())
         report_epoch(metrics, state)
     if progress:
         progress.close()

@@ -49,7 +49,7 @@ def stop(process: subprocess.Popen) -> None:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)
     yield ray
     ray.shutdown()
 

@@ -29,18 +29,28 @@ class BankObjective:
     def __post_init__(self):
         check_bank_loss(self.negatives, self.loss)
 
-    def __call__(self, query: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    def request(self, query: torch.Tensor, step: int | None):
+        """Start the bank's work for this step's queries early, where the bank can (a remote bank
+        computes its partials while the caller runs the key encoder); finish with __call__."""
+        start = getattr(self.bank, "request_info_nce", None)
+        if self.negatives == "exact" and start is not None:
+            return start(query, self.temperature, step=step)
+        return None
+
+    def __call__(self, query: torch.Tensor, positive: torch.Tensor, step: int | None = None, pending=None) -> torch.Tensor:
         """query [B, D] (differentiable), positive [B, D] keys of the other view (constants)."""
+        if pending is not None:
+            return pending.loss(positive)
         if self.negatives == "exact":
-            return self.bank.info_nce(query, positive, self.temperature)
+            return self.bank.info_nce(query, positive, self.temperature, step=step)
         if self.negatives == "sampled":
-            shared = self.bank.sample(self.n).to(query.device)
+            shared = self.bank.sample(self.n, step=step).to(query.device)
             if len(shared) == 0:  # an empty bank: in-batch negatives until the first push lands
                 return info_nce_loss(query, positive, None, self.temperature)
             if self.loss == "npair":
                 return npair_loss(query, positive, shared.unsqueeze(0).expand(len(query), -1, -1))
             return info_nce_loss(query, positive, shared, self.temperature)
-        hard = self.bank.hardest(query.detach(), self.k).to(query.device)
+        hard = self.bank.hardest(query.detach(), self.k, step=step).to(query.device)
         if hard.shape[1] == 0:
             hard = positive.roll(1, dims=0).unsqueeze(1)
         return self._with_hard_negatives(query, positive, hard)

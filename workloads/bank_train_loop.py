@@ -43,11 +43,11 @@ def train_epoch_with_bank(
         with torch.no_grad():
             view1, view2 = augment(images[ids].to(device, non_blocking=True))
         global_step = first_step + step
-        objective.step = global_step
         with autocast_for(device, precision):
             query = query_encoder(view1).float()
+            pending = objective.request(query, global_step)  # the bank works while the key encoder runs
             positive = key_encoder.keys(view2).float()
-        loss = objective(query, positive)
+        loss = objective(query, positive, global_step, pending)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

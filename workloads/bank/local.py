@@ -98,17 +98,17 @@ class LocalBank:
                 self.shards[s].update(ids[sel], keys[sel.to(keys.device)])
         return True
 
-    def info_nce(self, query, positive, temperature: float) -> torch.Tensor:
+    def info_nce(self, query, positive, temperature: float, step: int | None = None) -> torch.Tensor:
         partials = [shard.partial_lse(query, temperature) for shard in self.shards]
         return exact_info_nce(query, positive, partials, temperature)
 
-    def hardest(self, query: torch.Tensor, k: int) -> torch.Tensor:
+    def hardest(self, query: torch.Tensor, k: int, step: int | None = None) -> torch.Tensor:
         sims, keys = zip(*(shard.topk(query, k) for shard in self.shards))
         sims, keys = torch.cat(sims, 1), torch.cat(keys, 1)  # [B, S k'], [B, S k', D]
         top = sims.topk(min(k, sims.shape[1]), dim=1).indices
         return keys.gather(1, top[..., None].expand(-1, -1, self.dim))
 
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, step: int | None = None) -> torch.Tensor:
         if not (isinstance(n, int) and n >= 0):
             raise ValueError(f"LocalBank.sample: n must be an int >= 0, got {n!r}")
         counts = torch.tensor([shard.count for shard in self.shards], dtype=torch.float64)

@@ -27,16 +27,18 @@ class NegativeBank(Protocol):
         """Queue: append keys [B, D] (FIFO, the last `size` stay). Instance: ids [B] are
         required and each entry becomes normalize(m v + (1 - m) f)."""
 
+    # `step` on queries: the caller's global step; a bank shared by several workers waits until
+    # every worker's pushes of step - 1 have landed (an in-process bank has nothing to wait for).
     def info_nce(self, query: torch.Tensor, positive: torch.Tensor,
-                 temperature: float) -> torch.Tensor:
+                 temperature: float, step: int | None = None) -> torch.Tensor:
         """Exactly info_nce_loss(query, positive, keys(), temperature), differentiable w.r.t.
         query and positive (the keys are constants)."""
 
-    def hardest(self, query: torch.Tensor, k: int) -> torch.Tensor:
+    def hardest(self, query: torch.Tensor, k: int, step: int | None = None) -> torch.Tensor:
         """[B, k, D]: per query the k keys with the largest dot product, most similar first
         (k is capped at the number of keys held)."""
 
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, step: int | None = None) -> torch.Tensor:
         """[n, D] keys drawn uniformly with replacement ([0, D] from an empty bank)."""
 
     def keys(self) -> torch.Tensor:

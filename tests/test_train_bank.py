@@ -1,0 +1,51 @@
+"""`sslab train` with the shared memory bank: bank metrics, checkpointed bank state, a shard killed mid-run."""
+import glob
+import os
+import signal
+import threading
+import time
+
+import torch
+from mlflow.tracking import MlflowClient
+from ray.util.state import list_actors
+
+from orchestrator.config_loader import load_config
+from orchestrator.train_run import run_training
+
+from conftest import ROOT
+
+BANK = ["train.epochs=4", "train.batch_size=128", "model.width=8", "eval.knn_k=20", "eval.embedding_map_points=200",
+        "train.progress=false", "data.val_fraction=0.1", "eval.linear_probe=false", "workload.loss=info_nce",
+        "bank.mode=queue", "bank.size=1024", "bank.shards=2", "bank.snapshot_every=5", "name=bank"]
+
+
+def test_killed_shard_is_restarted_and_refilled_and_the_run_finishes(ray_local, workdir):
+    config = load_config(f"{ROOT}/examples/quickstart.yaml", BANK)
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_training(config)))
+    runner.start()
+    killed = None
+    deadline = time.time() + 600
+    while runner.is_alive() and time.time() < deadline:
+        experiment = client.get_experiment_by_name("bank")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+            shards = list_actors(filters=[("class_name", "=", "ShardServer"), ("state", "=", "ALIVE")])
+            killed = shards[0].pid
+            os.kill(killed, signal.SIGKILL)  # a real crash of one shard's process
+            break
+        time.sleep(0.5)
+    runner.join(600)
+    assert killed is not None, "the run ended before a shard could be killed"
+    run_id = outcome["result"].run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    restarts = client.get_metric_history(run_id, "bank/shard_restarts")
+    assert [m.value for m in restarts][-1] == 1
+    assert all(m.value == 1.0 for m in client.get_metric_history(run_id, "bank/fill")[1:])
+    assert client.get_metric_history(run_id, "bank/bytes_moved")[0].value > 0
+    assert run.data.tags["sslab.bank_nodes"]
+    [latest] = sorted(glob.glob("sslab_runs/bank-*/checkpoint_*/train_state.pt"))[-1:]
+    state = torch.load(latest, weights_only=False)
+    assert state["epoch"] == 3 and "bank" in state and "key_encoder" in state
