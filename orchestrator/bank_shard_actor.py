@@ -14,10 +14,12 @@ semantics. What this file implements, per message:
   recorded by (copy, sequence number). Both records travel in snapshots, so a push retried by Ray
   onto a restarted actor, or replayed by a copy, is not applied twice.
 - Staleness. A push with a step is held back and applied, in (step, rank) order, by the first query
-  of a later step; a query at step t first waits (asyncio, up to `timeout` s) until every rank in
-  range(world_size) has pushed step t - 1 (ranks are counted from the first step this shard saw),
-  then applies every held push of steps <= t - 1. So the keys a query at step t sees are exactly
-  the pushes of steps <= t - 1, whatever the order in which the ranks' pushes arrived.
+  of a later step, or as soon as every rank has pushed that step (by then every rank's query of
+  that step has run: a rank queries, then pushes, in order). A query at step t first waits
+  (asyncio, up to `timeout` s) until every rank in range(world_size) has pushed step t - 1 (ranks
+  are counted from the first step this shard saw), then applies every held push of steps <= t - 1.
+  So the keys a query at step t sees are exactly the pushes of steps <= t - 1, whatever the order
+  in which the ranks' pushes arrived.
 - Restarts. A restarted actor comes back empty and says so (`needs_refill`), with a new random
   incarnation id in every reply; until a bank copy that holds a snapshot restores it, it logs the
   pushes it receives and answers queries with status "refill" (or waits, for copies that cannot
@@ -140,6 +142,12 @@ class ShardServer:
             return "applied"
         if rows.shape[0]:
             self.held.append((step, rank, rows, ids))
+        # Once every rank has pushed step s, every rank's query at step s is done (a rank queries,
+        # then pushes, and its messages run in order), so the pushes of step s can be applied.
+        complete = min(self.max_step.get(r, self.origin - 1) for r in range(self.world_size))
+        if complete >= step:
+            self._apply_through(complete)
+            return "applied"
         return "held"
 
     def _apply_through(self, last_step: int | None) -> None:
@@ -197,15 +205,17 @@ class ShardServer:
                     f"refilled it within {timeout} s (the creator of the bank, or the copy that pushes "
                     f"as rank 0, refills it when it next queries)"))
         if step is not None and not await self._wait(lambda: not self._missing(step), timeout):
-            missing = self._missing(step)
-            return self._reply("timeout", error=(
-                f"memory bank shard {self.index}: a query at step {step} waited {timeout} s for the "
-                f"pushes of step {step - 1} from ranks {missing} (world_size={self.world_size}); the "
-                f"bank used at step t holds every rank's pushes up to step t - 1, so every rank in "
-                f"range(world_size) must push each step (push(keys, step=t, rank=r)), or pass a "
-                f"smaller world_size"))
+            return self._stale(step, timeout)
         self._apply_through(None if step is None else step - 1)
         return None
+
+    def _stale(self, step: int, timeout: float) -> dict:
+        return self._reply("timeout", error=(
+            f"memory bank shard {self.index}: a query at step {step} waited {timeout} s for the "
+            f"pushes of step {step - 1} from ranks {self._missing(step)} (world_size={self.world_size}); "
+            f"the bank used at step t holds every rank's pushes up to step t - 1, so every rank in "
+            f"range(world_size) must push each step (push(keys, step=t, rank=r)), or pass a "
+            f"smaller world_size"))
 
     async def _query(self, copy, seq, inc, step, can_refill, timeout, compute):
         await self._turn(copy, seq, timeout)
@@ -240,14 +250,18 @@ class ShardServer:
 
     async def snapshot(self, copy, seq, inc, step, can_refill, timeout):
         """(reply, state): the shard's whole state (held pushes and exactly-once records
-        included), or None when this incarnation is not refilled yet; applies nothing. Called
-        with num_returns=2 so that a client can check the small reply without fetching the state."""
+        included), or None when this incarnation is not refilled yet; applies nothing. With a
+        step, first waits as a query at that step does (every rank's push of step - 1), so that a
+        checkpoint holds whole steps. Called with num_returns=2 so that a client can check the
+        small reply without fetching the state."""
         await self._turn(copy, seq, timeout)
         try:
             if inc is not None and inc != self.incarnation:
                 return self._reply("restarted"), None
             if self.needs_refill:
                 return self._reply("refill"), None
+            if step is not None and not await self._wait(lambda: not self._missing(step), timeout):
+                return self._stale(step, timeout), None
             return self._reply(), self._state()
         finally:
             await self._done(copy, seq)

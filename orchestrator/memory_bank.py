@@ -59,6 +59,7 @@ Semantics (tests/test_memory_bank.py checks each):
   and num_shards.
 - Copies. Pickling the bank (e.g. into Ray Train workers) gives a copy that talks to the same
   actors. Only the creating copy's close() kills the actors; a copy's close() only detaches it.
+  A copy is used by one thread at a time (give each thread its own copy: pickle.loads(pickle.dumps(bank))).
 """
 
 from __future__ import annotations
@@ -283,9 +284,9 @@ class ShardedMemoryBank:
             raise BankError("ShardedMemoryBank: this bank was closed")
 
     def _send(self, s: int, method: str, *args):
-        seq = self._seq[s]
-        self._seq[s] += 1
-        return getattr(self._actors[s], method).remote(self._copy_id, seq, self._inc[s], *args)
+        ref = getattr(self._actors[s], method).remote(self._copy_id, self._seq[s], self._inc[s], *args)
+        self._seq[s] += 1  # only once sent: the shard waits for every sequence number in turn
+        return ref
 
     def _note(self, s: int, reply: dict) -> None:
         """Track a reply: a new incarnation is a restart (count it, refill or replay)."""
@@ -319,7 +320,7 @@ class ShardedMemoryBank:
                 done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 ready = set(done)
             if len(self._inflight) - len(ready) > 8 * self.num_shards:  # back-pressure
-                ray.wait(refs[: len(refs) // 2], num_returns=len(refs) // 2)
+                ray.wait(refs[: len(refs) // 2], num_returns=len(refs) // 2, timeout=2 * self.timeout + 30)
                 continue
             finished = [(s, ref) for s, ref in self._inflight if ref in ready]
             self._inflight = [(s, ref) for s, ref in self._inflight if ref not in ready]
@@ -522,11 +523,11 @@ class ShardedMemoryBank:
         self._check_open()
         self._check_pushes(block=True)
 
-    def _send_snapshot(self, s: int):
-        seq = self._seq[s]
+    def _send_snapshot(self, s: int, step: int | None = None):
+        refs = self._actors[s].snapshot.options(num_returns=2).remote(
+            self._copy_id, self._seq[s], self._inc[s], step, True, self.timeout)
         self._seq[s] += 1
-        return self._actors[s].snapshot.options(num_returns=2).remote(
-            self._copy_id, seq, self._inc[s], None, True, self.timeout)
+        return refs
 
     def snapshot(self) -> None:
         """Take a snapshot of every shard now (non-blocking). A copy keeps its newest snapshot
@@ -551,16 +552,20 @@ class ShardedMemoryBank:
                     kept.pop()
             self._snapshots[s] = [tuple(self._send_snapshot(s))] + kept
 
-    def state_dict(self) -> dict:
-        """Every shard's state (for trial checkpoints); also becomes this copy's snapshot."""
+    def state_dict(self, step: int | None = None) -> dict:
+        """Every shard's state (for trial checkpoints); also becomes this copy's snapshot. Like a
+        query, it first waits for every rank's pushes of step - 1 (by default the step after this
+        copy's last push), so that a checkpoint taken after the last step of an epoch holds that
+        step from every rank, and a run resumed from it finds them."""
         self._check_open()
         self._check_pushes()
+        step = self._query_step(step)
         states = {}
         deadline = time.monotonic() + 2 * self.timeout + 30
-        todo = list(range(self.num_shards))
-        while todo:
-            s = todo.pop(0)
-            meta, state = self._send_snapshot(s)
+        sent = {s: self._send_snapshot(s, step) for s in range(self.num_shards)}
+        while sent:
+            s = next(iter(sent))
+            meta, state = sent.pop(s)
             try:
                 reply = ray.get(meta, timeout=max(0.1, deadline - time.monotonic()))
             except (RayActorError, ActorUnavailableError):
@@ -569,11 +574,13 @@ class ShardedMemoryBank:
                 raise BankTimeoutError(f"memory bank shard {s} did not answer a snapshot in time") from error
             if reply is not None:
                 self._note(s, reply)
+                if reply["status"] == "timeout":
+                    raise BankTimeoutError(reply["error"])
             if reply is None or reply["status"] != "ok":
                 if time.monotonic() > deadline:
                     raise BankTimeoutError(f"memory bank shard {s} could not be snapshotted")
                 time.sleep(0.1)
-                todo.append(s)
+                sent[s] = self._send_snapshot(s, step)
                 continue
             states[s] = ray.get(state)
             self._snapshots[s] = [(None, state)]
@@ -640,6 +647,11 @@ class ShardedMemoryBank:
         if self._closed:
             return
         self._closed = True
+        if self._creator:
+            try:  # let the pushes in flight land, so that Ray does not retry them on dead actors
+                ray.wait([ref for _, ref in self._inflight], num_returns=len(self._inflight), timeout=10)
+            except Exception:  # noqa: BLE001
+                pass
         self._inflight = []
         if self._creator:
             for actor in self._actors:

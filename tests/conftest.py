@@ -100,3 +100,36 @@ def workdir(tmp_path, monkeypatch):
     os.makedirs("examples/data", exist_ok=True)
     shutil.copy(SAMPLE, "examples/data/cifar10_sample.parquet")
     return tmp_path
+
+
+def run_cluster_script(script: str, args: list[str], cwd: str, timeout: float = 420) -> dict:
+    """Run a script that builds its own ray.cluster_utils.Cluster, in a subprocess of its own.
+
+    It prints one line `RESULT <json>`; that JSON is returned. The process group is killed on timeout.
+    """
+    import json
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    # ray.init(address="127.0.0.1:port") rewrites a loopback address to the machine's outward IP,
+    # where the loopback-bound cluster does not listen; with this switch off, Ray's
+    # get_node_ip_address() answers 127.0.0.1.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # A Cluster writes its address to <ray temp dir>/ray_current_cluster, where other Ray
+    # instances would look: keep it (and the session files) in a private temp dir.
+    private = tempfile.mkdtemp(prefix="sslab-ray-", dir="/tmp")
+    env["RAY_TMPDIR"] = private
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    process = subprocess.Popen([sys.executable, "-c", script, *args], cwd=cwd, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        raise AssertionError(f"the cluster script did not finish in {timeout} s:\n{out[-4000:]}")
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, out[-4000:]
+    return json.loads(lines[-1][len("RESULT "):])

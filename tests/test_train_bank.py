@@ -31,7 +31,8 @@ def test_killed_shard_is_restarted_and_refilled_and_the_run_finishes(ray_local, 
         experiment = client.get_experiment_by_name("bank")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
-            shards = list_actors(filters=[("class_name", "=", "ShardServer"), ("state", "=", "ALIVE")])
+            shards = list_actors(address=ray_local.get_runtime_context().gcs_address,
+                                 filters=[("class_name", "=", "ShardServer"), ("state", "=", "ALIVE")])
             killed = shards[0].pid
             os.kill(killed, signal.SIGKILL)  # a real crash of one shard's process
             break

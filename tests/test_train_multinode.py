@@ -3,21 +3,17 @@
 The cluster (ray.cluster_utils.Cluster: a head and one worker node on 127.0.0.1) lives in a
 subprocess, so this test never shares a Ray instance with the session's `ray_local`.
 """
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT
+from conftest import ROOT, run_cluster_script
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
     from ray.cluster_utils import Cluster
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
-                                                            "include_dashboard": True, "dashboard_host": "127.0.0.1"})
+                                                            "dashboard_host": "127.0.0.1"})
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     try:
         cluster.wait_for_nodes()
@@ -39,10 +35,7 @@ def test_two_workers_and_two_shards_spread_over_two_nodes(workdir):
                  "train.epochs=2", "model.width=8", "train.progress=false", "eval.linear_probe=false",
                  "eval.random_init_baseline=false", "eval.knn_k=20", "eval.embedding_map_points=200",
                  "workload.loss=info_nce", "bank.mode=queue", "bank.size=1024", "bank.shards=2"]
-    out = subprocess.run([sys.executable, "-c", SCRIPT, f"{ROOT}/examples/quickstart.yaml", *overrides],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
-    assert out.returncode == 0, out.stderr[-4000:]
-    run_id = json.loads(out.stdout.split("RESULT ")[-1])["run_id"]
+    run_id = run_cluster_script(SCRIPT, [f"{ROOT}/examples/quickstart.yaml", *overrides], cwd=str(workdir))["run_id"]
     run = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_run(run_id)
     assert run.info.status == "FINISHED"
     assert len(run.data.tags["sslab.bank_nodes"].split(",")) == 2, "the two shards sit on different nodes"
