@@ -59,7 +59,7 @@ def test_failure_in_a_worker_leaves_failed_run_with_the_error(ray_local, workdir
     config = load_config(f"{ROOT}/examples/quickstart.yaml", TINY + ["data.uri=bad.parquet", "name=broken"])
     with pytest.raises(Exception):
         run_training(config)
-    client = MlflowClient(config.tracking.uri)
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("broken")
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FAILED"
@@ -86,7 +86,7 @@ def test_quickstart_beats_random_init_by_five_points(workdir):
     trained, random_init = scores["downstream/knn_top1"], scores["downstream/random_init/knn_top1"]
     print(f"quickstart kNN top-1: trained {trained:.3f}, random init {random_init:.3f}")
     assert trained >= random_init + 0.05
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")  # absolute: MLflow caches stores by URI
     run = client.get_run(scores["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sslab.kind"] == "train"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 15
