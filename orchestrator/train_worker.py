@@ -86,6 +86,11 @@ def train_worker(loop_config: dict) -> None:
                 torch.distributed.barrier()  # nobody queries the bank before it is restored
     elif rank == 0 and config.eval.random_init_baseline:
         first_metrics.update(random_init_knn(config, backbone.to(device), train, val, device))
+    channels_last = device.type == "cuda"  # bf16 tensor-core convolutions want NHWC; autotune them too
+    if channels_last:
+        torch.backends.cudnn.benchmark = True
+        learner = learner.to(memory_format=torch.channels_last)
+        train.images = train.images.to(device)  # uint8 and decoded once: index batches on the GPU
     learner = ray.train.torch.prepare_model(learner)
     if key_encoder is not None:
         key_encoder.encoder.to(device)
@@ -96,8 +101,8 @@ def train_worker(loop_config: dict) -> None:
     for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world)
         if objective is None:
-            stats = train_epoch(learner, optimizer, scheduler, train.images, indices, augment, per_worker_batch, device,
-                                config.train.precision, on_step=tick)
+            stats = train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device), augment,
+                                per_worker_batch, device, config.train.precision, on_step=tick, channels_last=channels_last)
         else:
             stats = train_epoch_with_bank(learner, key_encoder, objective, optimizer, scheduler, train.images, indices,
                                           augment, per_worker_batch, device, epoch * steps_per_epoch, rank,

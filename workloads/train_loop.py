@@ -47,8 +47,13 @@ def train_epoch(
     device: torch.device,
     precision: str = "auto",
     on_step: Callable[[int, float], None] | None = None,
+    channels_last: bool = False,
 ) -> EpochStats:
-    """Full batches only (drop_last), so every step sees batch_size images."""
+    """Full batches only (drop_last), so every step sees batch_size images.
+
+    channels_last: feed the views in NHWC layout (for a model converted with
+    .to(memory_format=torch.channels_last)); bf16 convolutions on tensor cores want it.
+    """
     learner.train()
     steps = len(indices) // batch_size
     if steps == 0:
@@ -59,6 +64,8 @@ def train_epoch(
         batch = images[indices[step * batch_size : (step + 1) * batch_size]].to(device, non_blocking=True)
         with torch.no_grad():
             view1, view2 = augment(batch)
+            if channels_last:
+                view1, view2 = (v.contiguous(memory_format=torch.channels_last) for v in (view1, view2))
         with autocast_for(device, precision):
             loss = learner(view1, view2)
         optimizer.zero_grad(set_to_none=True)
