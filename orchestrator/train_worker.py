@@ -78,6 +78,7 @@ def train_worker(loop_config: dict) -> None:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         first_epoch = resumed["epoch"] + 1
+        first_metrics["train/resumed_from_epoch"] = first_epoch
         if key_encoder is not None:
             key_encoder.load_state_dict(resumed["key_encoder"])
             if rank == 0:

@@ -50,3 +50,31 @@ def test_killed_shard_is_restarted_and_refilled_and_the_run_finishes(ray_local, 
     [latest] = sorted(glob.glob("sslab_runs/bank-*/checkpoint_*/train_state.pt"))[-1:]
     state = torch.load(latest, weights_only=False)
     assert state["epoch"] == 3 and "bank" in state and "key_encoder" in state
+
+
+def test_a_killed_training_worker_resumes_model_and_bank_from_the_last_checkpoint(ray_local, workdir):
+    config = load_config(f"{ROOT}/examples/quickstart.yaml", BANK + ["name=resume", "train.max_failures=1"])
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_training(config)))
+    runner.start()
+    killed = None
+    deadline = time.time() + 600
+    while runner.is_alive() and time.time() < deadline:
+        experiment = client.get_experiment_by_name("resume")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+            [worker] = list_actors(address=ray_local.get_runtime_context().gcs_address,
+                                   filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            killed = worker.pid
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    runner.join(600)
+    assert killed is not None, "the run ended before its worker could be killed"
+    run_id = outcome["result"].run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    [resumed] = client.get_metric_history(run_id, "train/resumed_from_epoch")
+    assert resumed.value >= 1
+    assert {m.step for m in client.get_metric_history(run_id, "train/loss")} == {0, 1, 2, 3}
+    assert all(m.value == 1.0 for m in client.get_metric_history(run_id, "bank/fill")[1:])
