@@ -125,6 +125,7 @@ class SSLabConfig(Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
+    search: "SearchConfig | None" = None
 
     @model_validator(mode="after")
     def _batch_splits_over_workers(self) -> "SSLabConfig":
@@ -143,3 +144,8 @@ class SSLabConfig(Section):
         if self.bank.mode == "queue" and self.bank.size % self.bank.shards:
             raise ValueError(f"bank.size ({self.bank.size}) must be a multiple of bank.shards ({self.bank.shards}) in queue mode")
         return self
+
+
+from .search_config import SearchConfig  # noqa: E402  (it builds on Section, defined above)
+
+SSLabConfig.model_rebuild()

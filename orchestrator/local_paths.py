@@ -21,4 +21,9 @@ def with_absolute_paths(config: SSLabConfig) -> SSLabConfig:
     resolved.data.uri = absolute_local(config.data.uri)
     resolved.storage.path = absolute_local(config.storage.path)
     resolved.tracking.uri = absolute_sqlite_uri(config.tracking.uri)
+    if config.search is not None:  # the study is opened by an actor, elsewhere
+        storage = config.search.storage or "sqlite:///optuna.db"
+        if storage.startswith("journal:"):
+            storage = "journal:" + os.path.abspath(storage[len("journal:"):])
+        resolved.search.storage = absolute_sqlite_uri(storage)
     return resolved

@@ -30,7 +30,7 @@ class MlflowReportCallback(ray.train.UserCallback):
             client.set_tag(self.run_id, "sslab.worker_nodes", ",".join(nodes))
         numeric = {}
         for key, value in lead.items():
-            if key == "epoch" or not isinstance(value, (int, float)):
+            if key == "epoch" or key.startswith("sslab.") or not isinstance(value, (int, float)):
                 continue
             values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
             numeric[key] = sum(values) if key in SUMMED else max(values) if key in MAXED else sum(values) / len(values)

@@ -77,6 +77,11 @@ class Tracker:
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FINISHED")
 
+    def prune(self, run_id: str) -> None:
+        """Stopped early by the sweep's pruner: KILLED, tagged so."""
+        self.client.set_tag(run_id, "sslab.pruned", "true")
+        self.client.set_terminated(run_id, "KILLED")
+
     def fail(self, run_id: str, error: BaseException) -> None:
         """FAILED with the error as a tag and an artifact; KILLED when interrupted by the user."""
         killed = isinstance(error, KeyboardInterrupt)

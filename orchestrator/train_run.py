@@ -20,6 +20,7 @@ class TrainResult:
     tracking_uri: str
     metrics: dict
     checkpoint_dir: str | None
+    pruned: bool = False
 
 
 def scaling_for(config: SSLabConfig) -> ray.train.ScalingConfig:
@@ -43,11 +44,16 @@ def open_bank(config: SSLabConfig):
                              seed=config.seed, snapshot_every=spec.snapshot_every, num_cpus=spec.cpus_per_shard)
 
 
-def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = None) -> TrainResult:
-    """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error."""
+def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = None, run_name: str | None = None,
+                 pruning: dict | None = None) -> TrainResult:
+    """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error.
+
+    pruning: {"coordinator": StudyCoordinator handle, "trial": number, "objective": metric} for a
+    sweep's trial; a pruned run ends KILLED with tag sslab.pruned=true.
+    """
     config = with_absolute_paths(config)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment or config.name, config.tracking.artifact_location)
-    run_id = tracker.start_run(config, kind=kind, run_name=config.name, tags=tags)
+    run_id = tracker.start_run(config, kind=kind, run_name=run_name or config.name, tags=tags)
     bank = None
     try:
         ensure_ray()
@@ -56,7 +62,7 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
             tracker.client.set_tag(run_id, "sslab.bank_nodes", ",".join(sorted(set(map(str, bank.shard_nodes)))))
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": config.model_dump(mode="json"), "bank": bank},
+            train_loop_config={"config": config.model_dump(mode="json"), "bank": bank, "pruning": pruning},
             scaling_config=scaling_for(config),
             run_config=ray.train.RunConfig(
                 name=f"{config.name}-{run_id[:8]}",
@@ -73,6 +79,11 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
     finally:
         if bank is not None:
             bank.close()
-    tracker.finish(run_id)
-    checkpoint_dir = result.checkpoint.path if result.checkpoint else None
-    return TrainResult(run_id, tracker.experiment_id, config.tracking.uri, dict(result.metrics or {}), checkpoint_dir)
+    metrics = dict(result.metrics or {})
+    pruned = bool(metrics.get("sslab.pruned"))
+    if pruned:
+        tracker.prune(run_id)
+    else:
+        tracker.finish(run_id)
+    checkpoint_dir = result.checkpoint.path if result.checkpoint and not pruned else None
+    return TrainResult(run_id, tracker.experiment_id, config.tracking.uri, metrics, checkpoint_dir, pruned)

@@ -37,11 +37,29 @@ def load_splits(config: SSLabConfig) -> tuple[ImageDataset, ImageDataset]:
     return data.subset(train_idx), data.subset(val_idx)
 
 
-def random_init_knn(config: SSLabConfig, backbone, train: ImageDataset, val: ImageDataset, device) -> dict:
+def knn_top1(config: SSLabConfig, backbone, train: ImageDataset, val: ImageDataset, device) -> float:
     features = [extract_features(backbone, split.images, device=device) for split in (train, val)]
-    score = knn_accuracy(features[0], train.labels, features[1], val.labels, k=config.eval.knn_k,
-                         temperature=config.eval.knn_temperature)
-    return {"downstream/random_init/knn_top1": score}
+    return knn_accuracy(features[0], train.labels, features[1], val.labels, k=config.eval.knn_k,
+                        temperature=config.eval.knn_temperature)
+
+
+def random_init_knn(config: SSLabConfig, backbone, train: ImageDataset, val: ImageDataset, device) -> dict:
+    return {"downstream/random_init/knn_top1": knn_top1(config, backbone, train, val, device)}
+
+
+def should_prune(pruning: dict, metrics: dict, epoch: int, rank: int, world: int, score) -> bool:
+    """Rank 0 reports the epoch's objective (kNN top-1 on the validation split unless the objective
+    is a train/ metric) to the sweep's study coordinator; every rank learns its verdict."""
+    verdict = [False]
+    if rank == 0:
+        objective = pruning["objective"]
+        if objective not in metrics:
+            metrics["downstream/knn_top1"] = score()
+        value = metrics.get(objective, metrics["downstream/knn_top1"])
+        verdict = [ray.get(pruning["coordinator"].report.remote(pruning["trial"], epoch, value))]
+    if world > 1:
+        torch.distributed.broadcast_object_list(verdict, src=0)
+    return bool(verdict[0])
 
 
 def train_worker(loop_config: dict) -> None:
@@ -122,6 +140,12 @@ def train_worker(loop_config: dict) -> None:
                      "scheduler": scheduler.state_dict(), "epoch": epoch}
             if bank is not None:
                 state.update(key_encoder=key_encoder.state_dict(), bank=bank.state_dict())
+        pruning = loop_config.get("pruning")
+        if pruning and epoch < config.train.epochs - 1:
+            encoder = learner.module.backbone if hasattr(learner, "module") else learner.backbone
+            if should_prune(pruning, metrics, epoch, rank, world, lambda: knn_top1(config, encoder, train, val, device)):
+                report_epoch({**metrics, "sslab.pruned": 1}, state)
+                return
         report_epoch(metrics, state)
     if progress:
         progress.close()
