@@ -135,6 +135,14 @@ class SSLabConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _search_fits_config(self) -> "SSLabConfig":
+        if self.search is not None:
+            from .search_config import check_search
+
+            check_search(self)
+        return self
+
+    @model_validator(mode="after")
     def _bank_fits_loss(self) -> "SSLabConfig":
         if self.bank.mode == "none":
             return self

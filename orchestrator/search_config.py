@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import math
 import re
 import types
 import typing
@@ -270,7 +269,17 @@ def _kind(annotation: Any) -> str:
     return "other"
 
 
+@functools.lru_cache(maxsize=None)
+def _searchable_keys() -> tuple:
+    return tuple(_walk_keys().items())
+
+
 def searchable_keys() -> dict[str, str]:
+    """Every dotted key a space may name -> its kind (float, int or categorical)."""
+    return dict(_searchable_keys())
+
+
+def _walk_keys() -> dict[str, str]:
     """Every dotted key a space may name -> its kind (float, int or categorical)."""
     from .config import SSLabConfig
 

@@ -126,9 +126,42 @@ def _sampler(search: SearchConfig, base: Any) -> optuna.samplers.BaseSampler:
                                             warn_independent_sampling=False)
     # grid
     if any(key in CONDITIONS and CONDITIONS[key][0] in search.space for key in search.space):
-        return optuna.samplers.BruteForceSampler(seed=seed)
+        return BruteForceSampler(seed=seed)
     grid = {key: spec.values() for key, spec in search.space.items() if _active(key, {}, base)}
-    return optuna.samplers.GridSampler(grid, seed=seed)
+    return GridSampler(grid, seed=seed)
+
+
+def _after_trial_without_stop(after_trial, study, trial, state, values) -> None:
+    try:
+        after_trial(study, trial, state, values)
+    except RuntimeError as error:  # Study.stop() outside study.optimize: ask-and-tell decides itself
+        if "Study.stop" not in str(error):
+            raise
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, usable with ask-and-tell: at the end of the grid it calls study.stop(),
+    which raises outside study.optimize; here that is skipped (ask `exhausted(study, search)` instead)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        _after_trial_without_stop(super().after_trial, study, trial, state, values)
+
+
+class BruteForceSampler(optuna.samplers.BruteForceSampler):
+    """Optuna's BruteForceSampler (an exhaustive walk of a conditional space), usable with ask-and-tell."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        _after_trial_without_stop(super().after_trial, study, trial, state, values)
+
+
+def exhausted(study: optuna.Study, search: SearchConfig, base: Any = None) -> bool:
+    """Whether a grid search has run every parameter set of its space (always False for other samplers):
+    no retry waits and the finished trials (complete, pruned, failed) cover space_size() distinct sets."""
+    size = space_size(search, base) if search.sampler == "grid" else None
+    if size is None or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return False
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return len({tuple(sorted(t.params.items())) for t in done}) >= size
 
 
 def make_pruner(search: SearchConfig, epochs: int | None = None) -> optuna.pruners.BasePruner:
