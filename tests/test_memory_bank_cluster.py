@@ -7,13 +7,9 @@ have a local instance up in this one (the session's `ray_local`), which must not
 under them. The subprocess starts the cluster, runs the check, prints a JSON line, and shuts the
 cluster down itself; if it hangs, the test kills its process group (started by us, by pid)."""
 
-import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
+
+from conftest import run_cluster_script
 
 SCRIPT = r'''
 import json, time
@@ -70,29 +66,7 @@ print("RESULT " + json.dumps(result))
 
 def test_shards_spread_over_two_nodes(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    # ray.init(address="127.0.0.1:port") rewrites a loopback address to the machine's outward IP,
-    # where the loopback-bound cluster does not listen; with this switch off, Ray's
-    # get_node_ip_address() answers 127.0.0.1 (its only use besides `ray start` messages).
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    # A Cluster writes its address to <ray temp dir>/ray_current_cluster, where every plain
-    # ray.init() on the machine would then look for a cluster to join: keep it (and the session
-    # files) in a private temp dir, so that Ray instances of other tests and users are not misled.
-    private = tempfile.mkdtemp(prefix="sslab-ray-", dir="/tmp")
-    env["RAY_TMPDIR"] = private
-    process = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=root, env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, _ = process.communicate()
-        raise AssertionError(f"the cluster script did not finish in 240 s:\n{out[-4000:]}")
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    assert process.returncode == 0 and lines, out[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = run_cluster_script(SCRIPT, [], cwd=root, timeout=240)
     assert len(result["nodes"]) == 2
     assert sorted(result["shard_nodes"]) == result["nodes"], result  # one shard on each node
     assert result["actor_nodes"] == result["shard_nodes"]
