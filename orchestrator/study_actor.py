@@ -22,9 +22,22 @@ class StudyCoordinator:
         states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
         return {state: states.count(state) for state in set(states)}
 
-    def fail_stale(self) -> list[int]:
-        """Trials left RUNNING by a driver that died: marked FAIL, their parameters queued to run again."""
-        return recover_interrupted(self.study, retry=True)
+    def interrupted(self) -> dict[int, float]:
+        """The trials left RUNNING by a driver that died (or stopped): {number: start time, epoch seconds}."""
+        return {t.number: t.datetime_start.timestamp() if t.datetime_start else 0.0
+                for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+
+    def recover(self, outcomes: dict[int, tuple[float | None, str]]) -> list[int]:
+        """Settle the RUNNING trials of a driver that is gone: those in outcomes ({number: (value, state)},
+        what their MLflow runs show became of them) are told so; the rest are marked FAIL and their
+        parameters queued to run again. Returns the numbers marked FAIL and queued."""
+        for number, (value, state) in outcomes.items():
+            self.study.tell(number, value if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
+            self.trials.pop(number, None)
+        failed = recover_interrupted(self.study, retry=True)
+        for number in failed:
+            self.trials.pop(number, None)
+        return failed
 
     def ask(self) -> tuple[int, dict]:
         trial = self.study.ask()

@@ -1,12 +1,21 @@
 """`sslab sweep`: an Optuna study run as concurrent Ray Train trials, recorded as one MLflow parent run.
 
 The driver asks the study (through the StudyCoordinator actor, the study's one writer) for
-parameters, runs up to `max_concurrent_trials` trials at once (each a `run_training` in a thread of
-the driver, each a Ray Train run), and tells the study each outcome. Running it again after the
-driver died resumes the same study under the same parent run.
+parameters, runs up to `max_concurrent_trials` trials at once (each a `run_training` in a Ray task of
+its own, which owns the trial's Ray Train run: killing the task ends the trial and frees its
+resources), and tells the study each outcome.
+
+Resume: running it again after the driver died continues the same study under the same parent run.
+Trials the dead driver left RUNNING in the study are settled from their MLflow runs: a run that
+finished (or was pruned) before the driver died is told to the study as such and not run again; the
+others are marked FAIL (their MLflow runs FAILED, tag sslab.error) and their parameters queued to run
+once more. `n_trials` counts the study's COMPLETE and PRUNED trials in total, over every run.
+
+A driver that stops on an error, or is stopped (Ctrl-C; SIGTERM, e.g. `ray job stop`, which Ray's
+handler turns into SystemExit), leaves its parent run FAILED (tag sslab.error) or KILLED, the trials
+it was running FAILED or KILLED in MLflow and FAIL in the study, queued for the next run.
 """
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import ray
@@ -37,46 +46,128 @@ def run_sweep(config: SSLabConfig) -> SweepResult:
     ensure_ray()
     coordinator = ray.remote(StudyCoordinator).options(num_cpus=0).remote(
         search.model_dump(mode="json"), study_name, config.model_dump(mode="json"))
-    record = SweepRecord(config, study_name)
-    stale = ray.get(coordinator.fail_stale.remote())
-    record.fail_stale_trials(stale)
-    deadline = time.time() + search.timeout_minutes * 60 if search.timeout_minutes else None
-    base = config.model_dump(mode="json")
-    running = {}
-    with ThreadPoolExecutor(max_workers=search.max_concurrent_trials) as pool:
-        while True:
-            counts = ray.get(coordinator.counts.remote())
-            done = sum(counts.get(state, 0) for state in DONE)
-            budget_left = (search.n_trials is None or done + len(running) < search.n_trials) and (
-                deadline is None or time.time() < deadline)
-            if budget_left and len(running) < search.max_concurrent_trials:
-                number, params = ray.get(coordinator.ask.remote())
-                trial_config = SSLabConfig.model_validate({**apply_params(base, params), "search": None})
-                running[pool.submit(run_trial, trial_config, number, params, record, coordinator, search)] = number
-                continue
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                number = running.pop(future)
-                value, state = future.result()
-                ray.get(coordinator.tell.remote(number, value, state))
-    best = ray.get(coordinator.best.remote())
-    record.finish(best, ray.get(coordinator.table.remote()), coordinator)
-    result = SweepResult(record.parent_run_id, study_name, best, ray.get(coordinator.counts.remote()))
+    try:
+        record = SweepRecord(config, study_name)
+    except BaseException:
+        ray.kill(coordinator)
+        raise
+    try:
+        settle(coordinator, record, "the sweep driver stopped while this trial ran")  # resume
+        drive(config, coordinator, record)
+        best = ray.get(coordinator.best.remote())
+        record.finish(best, ray.get(coordinator.table.remote()), coordinator)
+        result = SweepResult(record.parent_run_id, study_name, best, ray.get(coordinator.counts.remote()))
+    except BaseException as error:
+        stop(error, coordinator, record)
+        raise
     ray.kill(coordinator)
     return result
 
 
-def run_trial(config: SSLabConfig, number: int, params: dict, record: "SweepRecord", coordinator, search):
-    """One trial: (objective value, Optuna state). A failed trial does not stop the sweep."""
-    tags = record.trial_tags(number)
-    pruning = {"coordinator": coordinator, "trial": number, "objective": search.objective} if search.pruner != "none" else None
+def settle(coordinator, record: SweepRecord, reason: str, status: str = "FAILED") -> None:
+    """Settle the trials the study holds RUNNING while no trial of this sweep runs (a dead driver's, or
+    a stopping driver's own): those whose MLflow run ended are told as it ended; the others are marked
+    FAIL in the study and queued to run again, and their runs still RUNNING in MLflow get `status` with
+    the reason as tag sslab.error. The study is settled first: a driver killed in between leaves
+    the runs RUNNING, and the next run settles them the same way."""
+    started = ray.get(coordinator.interrupted.remote(), timeout=120)
+    outcomes = record.outcomes(started, record.config.search.objective) if started else {}
+    ray.get(coordinator.recover.remote(outcomes), timeout=120)
+    record.fail_stale_trials(reason, status=status)
+
+
+def drive(config: SSLabConfig, coordinator, record: SweepRecord) -> None:
+    """Ask, run and tell until n_trials COMPLETE/PRUNED trials (in total) or the time budget.
+
+    A failed trial does not stop the sweep; but after as many failures in this run as n_trials, the
+    driver stops asking (a config that always fails would otherwise loop forever). If the driver
+    stops (an error, Ctrl-C, SIGTERM), the trials it runs are cancelled before it goes."""
+    search = config.search
+    deadline = time.time() + search.timeout_minutes * 60 if search.timeout_minutes else None
+    base = config.model_dump(mode="json")
+    pruning = {"coordinator": coordinator, "objective": search.objective} if search.pruner != "none" else None
+    running: dict[ray.ObjectRef, int] = {}
+    failures = 0
     try:
-        result = run_training(config, kind="trial", tags=tags, run_name=f"trial-{number}", pruning=pruning)
-    except Exception:  # the trial's MLflow run is already FAILED with the error
+        while True:
+            counts = ray.get(coordinator.counts.remote())
+            done = sum(counts.get(state, 0) for state in DONE)
+            budget_left = (search.n_trials is None or done + len(running) < search.n_trials) and (
+                deadline is None or time.time() < deadline) and (search.n_trials is None or failures < search.n_trials)
+            if budget_left and len(running) < search.max_concurrent_trials:
+                number, params = ray.get(coordinator.ask.remote())  # a retry queued by settle() comes first
+                trial_config = SSLabConfig.model_validate({**apply_params(base, params), "search": None})
+                running[train_trial.options(name=f"trial-{number}").remote(
+                    trial_config, number, record.trial_tags(number), pruning and {**pruning, "trial": number})] = number
+                continue
+            if not running:
+                if search.n_trials is not None and failures >= search.n_trials:
+                    print(f"sslab sweep: stopped asking for trials after {failures} failed trials "
+                          f"(see the sslab.error tags of their MLflow runs)", flush=True)
+                return
+            finished, _ = ray.wait(list(running), num_returns=1)
+            for ref in finished:
+                number = running.pop(ref)
+                value, state = outcome(ref, number, record, search.objective)
+                failures += state == "FAIL"
+                ray.get(coordinator.tell.remote(number, value, state))
+    except BaseException:
+        cancel(running)
+        raise
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def train_trial(config: SSLabConfig, number: int, tags: dict, pruning: dict | None):
+    """One trial's Ray Train run, owned by this task (its MLflow run ends FINISHED, KILLED if pruned, or
+    FAILED with the error)."""
+    return run_training(config, kind="trial", tags=tags, run_name=f"trial-{number}", pruning=pruning)
+
+
+def outcome(ref: ray.ObjectRef, number: int, record: SweepRecord, objective: str) -> tuple[float | None, str]:
+    """A trial's (objective value, Optuna state). A failed trial does not stop the sweep."""
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayTaskError:  # run_training raised: its MLflow run is FAILED with the error
+        return None, "FAIL"
+    except ray.exceptions.RayError as error:  # its process died: the run may still say RUNNING
+        record.fail_trial_runs(number, f"the trial's process died: {type(error).__name__}: {error}"[:4900])
         return None, "FAIL"
     if result.pruned:
         return None, "PRUNED"
-    value = record.objective_value(result.run_id, search.objective)
+    value = record.objective_value(result.run_id, objective)
     return (value, "COMPLETE") if value is not None else (None, "FAIL")
+
+
+def cancel(running: dict) -> None:
+    """End the trials still running (their task's process, and with it the Ray Train run it owns), and
+    wait a little for them to be gone: nothing of theirs writes their record after this."""
+    if not running:
+        return
+    for ref in running:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:
+            pass
+    try:
+        ray.wait(list(running), num_returns=len(running), timeout=30)
+    except Exception:
+        pass
+
+
+def stop(error: BaseException, coordinator, record: SweepRecord) -> None:
+    """The driver stops on an error or is stopped; its trials were cancelled: nothing is left RUNNING.
+
+    The trials it was running: their MLflow runs KILLED (Ctrl-C, SIGTERM) or FAILED, with the reason as
+    tag sslab.error; FAIL in the study, queued to run again on the next run; the parent run KILLED or
+    FAILED with the error. Each step is tried even if one before failed."""
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))  # Ctrl-C; SIGTERM (Ray's handler exits)
+    what = type(error).__name__ + (f": {error}" if str(error) else "")
+    reason = f"the sweep driver {'was stopped' if interrupted else 'failed'} while this trial ran ({what})"
+    steps = (lambda: settle(coordinator, record, reason, status="KILLED" if interrupted else "FAILED"),
+             lambda: record.fail(error),
+             lambda: ray.kill(coordinator))
+    for step in steps:
+        try:
+            step()
+        except Exception as problem:  # keep going: the record should tell as much of the truth as it can
+            print(f"sslab sweep: while stopping: {type(problem).__name__}: {problem}", flush=True)

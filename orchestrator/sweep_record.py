@@ -19,8 +19,13 @@ class SweepRecord:
         found = self.client.search_runs(
             [self.tracker.experiment_id],
             f"tags.`sslab.kind` = 'sweep' AND tags.`sslab.sweep_id` = '{study_name}'", max_results=1)
-        if found:  # resume: the same parent run
+        if found:  # resume: the same parent run, running again (a stopped run's error is history now)
             self.parent_run_id = found[0].info.run_id
+            tags = found[0].data.tags
+            if "sslab.error" in tags:
+                self.client.set_tag(self.parent_run_id, "sslab.previous_error", tags["sslab.error"])
+                self.client.delete_tag(self.parent_run_id, "sslab.error")
+            self.client.set_tag(self.parent_run_id, "sslab.resumes", str(int(tags.get("sslab.resumes", "0")) + 1))
             self.client.update_run(self.parent_run_id, status="RUNNING")
         else:
             self.parent_run_id = self.tracker.start_run(config, kind="sweep", run_name=f"sweep-{study_name}",
@@ -35,13 +40,59 @@ class SweepRecord:
         return {"mlflow.parentRunId": self.parent_run_id, "sslab.trial_number": str(number),
                 "sslab.study": self.study_name, "sslab.sweep_id": self.study_name}
 
-    def fail_stale_trials(self, numbers: list[int]) -> None:
-        """Trial runs a dead driver left RUNNING are FAILED with the reason; the study marked them FAIL."""
-        for run in self.client.search_runs([self.tracker.experiment_id],
-                                           f"tags.`sslab.sweep_id` = '{self.study_name}' AND tags.`sslab.kind` = 'trial' "
-                                           "AND attributes.status = 'RUNNING'"):
-            self.client.set_tag(run.info.run_id, "sslab.error", "the sweep driver stopped while this trial ran")
+    def _trial_runs(self, where: str = "") -> list:
+        query = f"tags.`sslab.sweep_id` = '{self.study_name}' AND tags.`sslab.kind` = 'trial'" + (f" AND {where}" if where else "")
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.tracker.experiment_id], query, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def fail_stale_trials(self, reason: str, status: str = "FAILED") -> list[int]:
+        """This sweep's trial runs left RUNNING (by a dead or stopping driver, the study's one driver):
+        FAILED (or KILLED) with the reason as tag sslab.error. Returns their trial numbers."""
+        numbers = []
+        for run in self._trial_runs("attributes.status = 'RUNNING'"):
+            self.client.set_tag(run.info.run_id, "sslab.error", reason)
+            self.client.set_terminated(run.info.run_id, status)
+            numbers.append(int(run.data.tags.get("sslab.trial_number", -1)))
+        return numbers
+
+    def fail_trial_runs(self, number: int, reason: str) -> None:
+        """A trial whose process died: its run, if still RUNNING, FAILED with the reason (tag sslab.error)."""
+        for run in self._trial_runs(f"tags.`sslab.trial_number` = '{number}' AND attributes.status = 'RUNNING'"):
+            self.client.set_tag(run.info.run_id, "sslab.error", reason)
             self.client.set_terminated(run.info.run_id, "FAILED")
+
+    def outcomes(self, started: dict[int, float], objective: str) -> dict[int, tuple[float | None, str]]:
+        """What became of trials the study still holds RUNNING ({number: start time, epoch seconds}),
+        as their MLflow runs tell it: {number: (value, COMPLETE | PRUNED | FAIL)} for those whose run
+        ended before the driver died (FINISHED with the objective: COMPLETE; pruned: PRUNED; FAILED, or
+        FINISHED without the objective: FAIL, as the driver would have told them). Runs still RUNNING,
+        stopped with the driver (KILLED, not pruned) or missing are left out: interrupted."""
+        found: dict[int, object] = {}
+        for run in self._trial_runs("attributes.status != 'RUNNING'"):
+            try:
+                number = int(run.data.tags.get("sslab.trial_number", ""))
+            except ValueError:
+                continue
+            # a run of this trial, not of a same-numbered trial of an earlier study of the same name
+            if number in started and run.info.start_time >= (started[number] - 300) * 1000:
+                if number not in found or run.info.start_time > found[number].info.start_time:
+                    found[number] = run
+        outcomes = {}
+        for number, run in found.items():
+            status, tags = run.info.status, run.data.tags
+            if status == "FINISHED":
+                value = run.data.metrics.get(objective)
+                outcomes[number] = (value, "COMPLETE") if value is not None else (None, "FAIL")
+            elif status == "KILLED" and tags.get("sslab.pruned") == "true":
+                outcomes[number] = (None, "PRUNED")
+            elif status == "FAILED" and "sslab.error" in tags and not tags["sslab.error"].startswith("the sweep driver"):
+                outcomes[number] = (None, "FAIL")
+        return outcomes
 
     def objective_value(self, run_id: str, objective: str) -> float | None:
         return self.client.get_run(run_id).data.metrics.get(objective)
@@ -67,7 +118,11 @@ class SweepRecord:
         self.client.set_terminated(self.parent_run_id, "FINISHED")
 
     def fail(self, error: BaseException) -> None:
+        """The driver stopped: the parent run FAILED with the error (tag sslab.error, error.txt), or KILLED
+        when it was stopped (KeyboardInterrupt; SystemExit, which Ray's SIGTERM handler raises)."""
         self.tracker.fail(self.parent_run_id, error)
+        if isinstance(error, SystemExit):
+            self.client.set_terminated(self.parent_run_id, "KILLED")
 
 
 def study_figures(config: SSLabConfig, study_name: str) -> dict:
