@@ -1,15 +1,14 @@
 """Typed sslab configuration: every key checked (type, range, unknown keys) before anything runs."""
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from workloads.negatives import NEGATIVES
 
-LOSSES = ("nt_xent", "info_nce", "contrastive", "triplet", "lifted_structured", "npair")
+from .config_section import Section
+from .workload_config import LOSSES, ContrastiveWorkload, WorkloadConfig  # noqa: F401  (LOSSES: re-exported)
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(Section):
@@ -20,13 +19,6 @@ class DataConfig(Section):
     image_size: int = Field(32, ge=8, le=1024)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     s3_endpoint_url: str | None = None
-
-
-class WorkloadConfig(Section):
-    kind: Literal["contrastive"] = "contrastive"
-    loss: Literal[LOSSES] = "nt_xent"
-    temperature: float = Field(0.5, gt=0.0, le=100.0)
-    margin: float = Field(1.0, gt=0.0)
 
 
 class AugmentConfig(Section):
@@ -116,7 +108,7 @@ class SSLabConfig(Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = Field(0, ge=0)
     data: DataConfig
-    workload: WorkloadConfig = WorkloadConfig()
+    workload: WorkloadConfig = ContrastiveWorkload()
     bank: BankConfig = BankConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
@@ -146,6 +138,9 @@ class SSLabConfig(Section):
     def _bank_fits_loss(self) -> "SSLabConfig":
         if self.bank.mode == "none":
             return self
+        if self.workload.kind != "contrastive":
+            raise ValueError(f"bank.mode {self.bank.mode!r} serves contrastive workloads; workload.kind is "
+                             f"{self.workload.kind!r}: set bank.mode: none")
         if self.workload.loss not in NEGATIVES[self.bank.negatives]:
             raise ValueError(f"workload.loss {self.workload.loss!r} cannot use bank.negatives {self.bank.negatives!r}; "
                              f"valid losses: {', '.join(NEGATIVES[self.bank.negatives])}")

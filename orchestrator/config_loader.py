@@ -6,6 +6,7 @@ import yaml
 from pydantic import ValidationError
 
 from .config import SSLabConfig
+from .workload_config import KINDS, WORKLOADS
 
 
 class ConfigError(ValueError):
@@ -66,13 +67,18 @@ def format_errors(path: str, error: ValidationError, positions: dict, overrides:
     lines = [f"{path}: {error.error_count()} config error(s)"]
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        kind = loc[1] if loc[:1] == ("workload",) and len(loc) > 1 and loc[1] in KINDS else None
+        if kind:  # the union's tag is not a key of the file
+            loc = loc[:1] + loc[2:]
         key = ".".join(str(p) for p in loc) or "(top level)"
         where = next((positions[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in positions), None)
         place = f"{path}:{where[0]}:{where[1]}" if where and not _overridden(key, overrides) else "--set" if _overridden(key, overrides) else path
         got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key; valid keys here: " + ", ".join(_valid_keys(loc[:-1]))
+            message = "unknown key; valid keys here: " + ", ".join(_valid_keys(loc[:-1], kind))
+            if kind:
+                message = f"unknown key for workload kind {kind!r}; valid keys: " + ", ".join(_valid_keys(loc[:-1], kind))
         lines.append(f"  {place}: {key}: {message}{got}")
     return "\n".join(lines)
 
@@ -81,13 +87,14 @@ def _overridden(key: str, overrides: list[str]) -> bool:
     return any(o.partition("=")[0].strip() == key for o in overrides)
 
 
-def _valid_keys(loc: tuple) -> list[str]:
+def _valid_keys(loc: tuple, kind: str | None = None) -> list[str]:
     model: Any = SSLabConfig
     for part in loc:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return []
-        model = field.annotation
+        # the workload block is a union: its keys are those of its kind
+        model = WORKLOADS[kind or "contrastive"] if model is SSLabConfig and part == "workload" else field.annotation
     return sorted(model.model_fields) if hasattr(model, "model_fields") else []
 
 

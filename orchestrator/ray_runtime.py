@@ -4,12 +4,15 @@ import os
 import ray
 
 
-def ensure_ray() -> None:
+def ensure_ray(worker_logs: bool = True) -> None:
+    """worker_logs=False keeps the trials' and Ray Train's logs out of this console (a sweep prints one
+    line per trial instead); they stay in Ray's session logs and each run's errors in MLflow."""
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=worker_logs)
     else:
         # A new local instance ("local": never silently join another one found on this machine), bound
         # to loopback. The dashboard serves the state API that Ray Train uses to watch its controller.
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, _node_ip_address="127.0.0.1")
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=worker_logs,
+                 _node_ip_address="127.0.0.1")

@@ -46,6 +46,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from .workload_config import WORKLOADS
+
 MARGIN_LOSSES = ("contrastive", "triplet", "lifted_structured")
 INFONCE_LOSSES = ("nt_xent", "info_nce")
 # key -> (the key it depends on, the values of that key under which it is sampled)
@@ -291,7 +293,10 @@ def _walk_keys() -> dict[str, str]:
             if path in NOT_SEARCHABLE:
                 continue
             kind = _kind(field.annotation)
-            if kind == "section":
+            if path == "workload":  # a union by kind: the keys of every kind (check_search checks the config's)
+                for workload in WORKLOADS.values():
+                    walk(workload, "workload.")
+            elif kind == "section":
                 walk(_strip_optional(field.annotation), path + ".")
             elif kind != "other":
                 found[path] = kind
@@ -305,6 +310,8 @@ def _field(key: str):
 
     model: Any = SSLabConfig
     *parents, leaf = key.split(".")
+    if parents == ["workload"]:  # the first kind that has it (a key's type is the same in every kind)
+        return next((w.model_fields[leaf] for w in WORKLOADS.values() if leaf in w.model_fields), None)
     for part in parents:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
@@ -412,7 +419,16 @@ def check_search(config: Any, search: SearchConfig | None = None) -> None:
         return
     raw = config.model_dump(exclude={"search"})
     problems = []
+    kind_fields = type(config.workload).model_fields
+    for key in search.space:
+        if key.startswith("workload.") and key != "workload.kind" and key.split(".", 1)[1] not in kind_fields:
+            problems.append(f"search.space.{key}: not a hyperparameter of workload kind {config.workload.kind!r} "
+                            f"(its keys: {', '.join(k for k in kind_fields if k != 'kind')})")
+    if problems:
+        raise ValueError(_problems(problems))
     for key, (parent, allowed) in CONDITIONS.items():
+        if config.workload.kind != "contrastive":  # the conditions are on the contrastive loss
+            break
         if key in search.space and parent not in search.space:
             value = _get(raw, parent)
             if value not in allowed:

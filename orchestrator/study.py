@@ -154,13 +154,15 @@ class BruteForceSampler(optuna.samplers.BruteForceSampler):
         _after_trial_without_stop(super().after_trial, study, trial, state, values)
 
 
-def exhausted(study: optuna.Study, search: SearchConfig, base: Any = None) -> bool:
+def exhausted(study: optuna.Study, search: SearchConfig, base: Any = None, running: bool = False) -> bool:
     """Whether a grid search has run every parameter set of its space (always False for other samplers):
-    no retry waits and the finished trials (complete, pruned, failed) cover space_size() distinct sets."""
+    no retry waits and the finished trials (complete, pruned, failed) cover space_size() distinct sets.
+    running=True counts running trials too: nothing is left to ask for (a further ask would repeat one)."""
     size = space_size(search, base) if search.sampler == "grid" else None
     if size is None or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return False
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) + ((TrialState.RUNNING,) if running else ())
+    done = study.get_trials(deepcopy=False, states=states)
     return len({tuple(sorted(t.params.items())) for t in done}) >= size
 
 

@@ -6,7 +6,7 @@ storage (a SQLite file by default) at the same time.
 import optuna
 
 from .search_config import SearchConfig
-from .study import open_study, recover_interrupted, suggest
+from .study import exhausted, open_study, recover_interrupted, suggest
 
 
 class StudyCoordinator:
@@ -38,6 +38,10 @@ class StudyCoordinator:
         for number in failed:
             self.trials.pop(number, None)
         return failed
+
+    def exhausted(self) -> bool:
+        """A grid search whose every parameter set has run or runs now (never, for other samplers)."""
+        return exhausted(self.study, self.search, self.base, running=True)
 
     def ask(self) -> tuple[int, dict]:
         trial = self.study.ask()

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import ray
 
 from .config import SSLabConfig
+from .coordinator import start_coordinator
 from .local_paths import with_absolute_paths
 from .ray_runtime import ensure_ray
 from .study import apply_params
-from .study_actor import StudyCoordinator
 from .sweep_record import SweepRecord
 from .train_run import run_training
 
@@ -43,9 +43,8 @@ def run_sweep(config: SSLabConfig) -> SweepResult:
     config = with_absolute_paths(config)
     search = config.search
     study_name = search.study_name or config.name
-    ensure_ray()
-    coordinator = ray.remote(StudyCoordinator).options(num_cpus=0).remote(
-        search.model_dump(mode="json"), study_name, config.model_dump(mode="json"))
+    ensure_ray(worker_logs=False)  # the driver prints one line per trial
+    coordinator = start_coordinator(config, study_name)  # named: a second driver of this study stops here
     try:
         record = SweepRecord(config, study_name)
     except BaseException:
@@ -94,11 +93,20 @@ def drive(config: SSLabConfig, coordinator, record: SweepRecord) -> None:
             done = sum(counts.get(state, 0) for state in DONE)
             budget_left = (search.n_trials is None or done + len(running) < search.n_trials) and (
                 deadline is None or time.time() < deadline) and (search.n_trials is None or failures < search.n_trials)
+            if budget_left and ray.get(coordinator.exhausted.remote()):
+                budget_left = False  # a grid with every point run or running: wait for those, ask no more
+                if not running:
+                    print("sslab sweep: the grid is exhausted: every parameter set has run", flush=True)
             if budget_left and len(running) < search.max_concurrent_trials:
                 number, params = ray.get(coordinator.ask.remote())  # a retry queued by settle() comes first
-                trial_config = SSLabConfig.model_validate({**apply_params(base, params), "search": None})
+                trial_config = trial_settings(base, params, number, record)
+                if trial_config is None:  # parameters the config refuses: a failed trial, not a failed sweep
+                    failures += 1
+                    ray.get(coordinator.tell.remote(number, None, "FAIL"))
+                    continue
                 running[train_trial.options(name=f"trial-{number}").remote(
                     trial_config, number, record.trial_tags(number), pruning and {**pruning, "trial": number})] = number
+                print(f"sslab sweep: trial {number} started: {short(params)}", flush=True)
                 continue
             if not running:
                 if search.n_trials is not None and failures >= search.n_trials:
@@ -111,9 +119,25 @@ def drive(config: SSLabConfig, coordinator, record: SweepRecord) -> None:
                 value, state = outcome(ref, number, record, search.objective)
                 failures += state == "FAIL"
                 ray.get(coordinator.tell.remote(number, value, state))
+                score = f" {search.objective} = {value:.4f}" if value is not None else ""
+                counts = ray.get(coordinator.counts.remote())
+                print(f"sslab sweep: trial {number} {state}{score} ({sum(counts.get(s, 0) for s in DONE)} of "
+                      f"{search.n_trials or 'unbounded'} trials done)", flush=True)
     except BaseException:
         cancel(running)
         raise
+
+
+def trial_settings(base: dict, params: dict, number: int, record: SweepRecord) -> SSLabConfig | None:
+    """The trial's config, or None when its parameters make an invalid config (e.g. a batch size the
+    workers do not divide): that trial gets a FAILED MLflow run whose sslab.error names the problem."""
+    try:
+        # trials run side by side: their progress bars would interleave; the driver reports each trial
+        return SSLabConfig.model_validate({**apply_params(base, {**params, "train.progress": False}), "search": None})
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        record.invalid_trial(number, params, error)
+        print(f"sslab sweep: trial {number} {params}: invalid config: {error}", flush=True)
+        return None
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -123,11 +147,18 @@ def train_trial(config: SSLabConfig, number: int, tags: dict, pruning: dict | No
     return run_training(config, kind="trial", tags=tags, run_name=f"trial-{number}", pruning=pruning)
 
 
+def short(params: dict) -> str:
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={value:.4g}" if isinstance(value, float) else f"{key.rsplit('.', 1)[-1]}={value}"
+                     for key, value in params.items())
+
+
 def outcome(ref: ray.ObjectRef, number: int, record: SweepRecord, objective: str) -> tuple[float | None, str]:
     """A trial's (objective value, Optuna state). A failed trial does not stop the sweep."""
     try:
         result = ray.get(ref)
-    except ray.exceptions.RayTaskError:  # run_training raised: its MLflow run is FAILED with the error
+    except ray.exceptions.RayTaskError as error:  # run_training raised: its MLflow run is FAILED with the error
+        cause = error.as_instanceof_cause()
+        print(f"sslab sweep: trial {number} failed: {str(cause).strip().splitlines()[-1][:500]}", flush=True)
         return None, "FAIL"
     except ray.exceptions.RayError as error:  # its process died: the run may still say RUNNING
         record.fail_trial_runs(number, f"the trial's process died: {type(error).__name__}: {error}"[:4900])

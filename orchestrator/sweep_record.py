@@ -2,6 +2,7 @@
 import csv
 import os
 import tempfile
+import warnings
 
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
@@ -49,6 +50,13 @@ class SweepRecord:
             token = page.token
             if not token:
                 return runs
+
+    def invalid_trial(self, number: int, params: dict, error: Exception) -> None:
+        """A trial whose parameters the config refuses: a FAILED run with those parameters and the error."""
+        run = self.client.create_run(self.tracker.experiment_id, run_name=f"trial-{number}",
+                                     tags={"sslab.kind": "trial", **self.trial_tags(number)})
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.tracker.fail(run.info.run_id, error)
 
     def fail_stale_trials(self, reason: str, status: str = "FAILED") -> list[int]:
         """This sweep's trial runs left RUNNING (by a dead or stopping driver, the study's one driver):
@@ -121,8 +129,6 @@ class SweepRecord:
         """The driver stopped: the parent run FAILED with the error (tag sslab.error, error.txt), or KILLED
         when it was stopped (KeyboardInterrupt; SystemExit, which Ray's SIGTERM handler raises)."""
         self.tracker.fail(self.parent_run_id, error)
-        if isinstance(error, SystemExit):
-            self.client.set_terminated(self.parent_run_id, "KILLED")
 
 
 def study_figures(config: SSLabConfig, study_name: str) -> dict:
@@ -135,6 +141,8 @@ def study_figures(config: SSLabConfig, study_name: str) -> dict:
 
     from .study import make_storage
 
+    # the matplotlib plots are flagged experimental; the flag says nothing about this figure
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.load_study(study_name=study_name, storage=make_storage(config.search))
     figures = {"optimization_history.png": plots.plot_optimization_history(study).figure}
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -31,7 +31,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def run_params(config: SSLabConfig) -> dict[str, str]:
     flat = {k: v for k, v in flatten(config.model_dump()).items() if not k.startswith("tracking.")}
-    params = {short: flat[full] for short, full in CONTRACT_PARAMS.items()}
+    params = {short: flat[full] for short, full in CONTRACT_PARAMS.items() if full in flat}  # pretext: no loss
     params.update({k: v for k, v in flat.items() if k not in CONTRACT_PARAMS.values()})
     return {k: str(v) for k, v in params.items()}
 
@@ -83,16 +83,17 @@ class Tracker:
         self.client.set_terminated(run_id, "KILLED")
 
     def fail(self, run_id: str, error: BaseException) -> None:
-        """FAILED with the error as a tag and an artifact; KILLED when interrupted by the user."""
-        killed = isinstance(error, KeyboardInterrupt)
+        """FAILED with the error as a tag and an artifact; KILLED when stopped (Ctrl-C, SIGTERM)."""
+        killed = isinstance(error, (KeyboardInterrupt, SystemExit))  # Ctrl-C; SIGTERM via Ray's handler
         message = f"{type(error).__name__}: {error}"
         self.client.log_batch(run_id, tags=[RunTag("sslab.error", message[:4900])])
+        # the status first: a process cut short during the upload below must not leave the run RUNNING
+        self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "error.txt")
             with open(path, "w") as handle:
                 handle.write("".join(traceback.format_exception(error)))
             self.client.log_artifact(run_id, path)
-        self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:

@@ -1,21 +1,20 @@
-"""The per-worker function of a Ray Train run: the contrastive workload, reporting through ray.train."""
+"""The per-worker function of a Ray Train run: a contrastive or pretext workload, reporting through ray.train."""
 import ray.train
 import ray.train.torch
 import torch
 
 from workloads.augment import SimCLRAugment
-from workloads.bank_objective import BankObjective
 from workloads.bank_train_loop import train_epoch_with_bank
-from workloads.contrastive import ContrastiveLearner
 from workloads.data import ImageDataset, load_images, stratified_split
 from workloads.evaluate import knn_accuracy
 from workloads.evaluate.features import extract_features
-from workloads.models import ProjectionHead, build_backbone
-from workloads.momentum_contrast import MomentumKeyEncoder, QueryEncoder
+from workloads.pretext.registry import encoder_spec
+from workloads.pretext_train_loop import pretext_train_epoch
 from workloads.train_loop import epoch_shard, train_epoch, warmup_cosine
 
 from .config import SSLabConfig
 from .final_report import report_final
+from .learners import backbone_kwargs, build_learner, encoder_of, task_figure
 from .train_state import latest_state, report_epoch
 
 
@@ -24,10 +23,6 @@ def build_optimizer(params, train) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True)
     cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=train.lr, weight_decay=train.weight_decay)
-
-
-def backbone_kwargs(config: SSLabConfig) -> dict:
-    return {"width": config.model.width} if config.model.backbone == "small_convnet" else {}
 
 
 def load_splits(config: SSLabConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -72,20 +67,9 @@ def train_worker(loop_config: dict) -> None:
     train, val = load_splits(config)
     per_worker_batch = config.train.batch_size // world
 
-    backbone = build_backbone(config.model.backbone, **backbone_kwargs(config))
-    head = ProjectionHead(backbone.feature_dim, config.model.projection_hidden_dim, config.model.projection_dim)
     bank = loop_config.get("bank")
-    if bank is None:  # in-batch negatives
-        learner = ContrastiveLearner(backbone, head, config.workload.loss, config.workload.temperature, config.workload.margin)
-        key_encoder = objective = None
-    else:  # negatives from the trial's shared bank, keys from a momentum encoder
-        if bank.mode == "instance" and bank.size < len(train):
-            raise ValueError(f"bank.size ({bank.size}) must be at least the number of training images ({len(train)}) "
-                             "in instance mode: one entry per image")
-        learner = QueryEncoder(backbone, head)
-        key_encoder = MomentumKeyEncoder(learner, config.bank.key_momentum)
-        objective = BankObjective(bank, config.bank.negatives, config.workload.loss, config.workload.temperature,
-                                  config.workload.margin, config.bank.k, config.bank.n)
+    pretext = config.workload.kind != "contrastive"
+    learner, key_encoder, objective = build_learner(config, bank, len(train))
     optimizer = build_optimizer(learner.parameters(), config.train)
     steps_per_epoch = (len(train) // world) // per_worker_batch
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
@@ -104,7 +88,7 @@ def train_worker(loop_config: dict) -> None:
             if world > 1:
                 torch.distributed.barrier()  # nobody queries the bank before it is restored
     elif rank == 0 and config.eval.random_init_baseline:
-        first_metrics.update(random_init_knn(config, backbone.to(device), train, val, device))
+        first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), train, val, device))
     channels_last = device.type == "cuda"  # bf16 tensor-core convolutions want NHWC; autotune them too
     if channels_last:
         torch.backends.cudnn.benchmark = True
@@ -119,14 +103,19 @@ def train_worker(loop_config: dict) -> None:
     tick = (lambda step, loss: progress.update(1)) if progress else None
     for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world)
-        if objective is None:
+        task_metrics = {}
+        if pretext:
+            stats, task_metrics = pretext_train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device),
+                                                      per_worker_batch, device, config.train.precision, on_step=tick)
+        elif objective is None:
             stats = train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device), augment,
                                 per_worker_batch, device, config.train.precision, on_step=tick, channels_last=channels_last)
         else:
             stats = train_epoch_with_bank(learner, key_encoder, objective, optimizer, scheduler, train.images, indices,
                                           augment, per_worker_batch, device, epoch * steps_per_epoch, rank,
                                           config.train.precision, on_step=tick)
-        metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s}
+        metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s,
+                   **{f"pretext/{name}": value for name, value in task_metrics.items()}}
         if epoch == first_epoch:
             metrics.update(first_metrics)
         if bank is not None:
@@ -142,7 +131,7 @@ def train_worker(loop_config: dict) -> None:
                 state.update(key_encoder=key_encoder.state_dict(), bank=bank.state_dict())
         pruning = loop_config.get("pruning")
         if pruning and epoch < config.train.epochs - 1:
-            encoder = learner.module.backbone if hasattr(learner, "module") else learner.backbone
+            encoder = encoder_of(learner)
             if should_prune(pruning, metrics, epoch, rank, world, lambda: knn_top1(config, encoder, train, val, device)):
                 report_epoch({**metrics, "sslab.pruned": 1}, state)
                 return
@@ -153,8 +142,10 @@ def train_worker(loop_config: dict) -> None:
     if rank != 0:
         ray.train.report({"epoch": config.train.epochs})
         return
-    encoder = learner.module.backbone if hasattr(learner, "module") else learner.backbone
-    report_final(config, encoder, backbone_kwargs(config), train, val, device)
+    plain = learner.module if hasattr(learner, "module") else learner
+    figures = {f"{config.workload.kind}.png": task_figure(plain, val, device)} if pretext else {}
+    report_final(config, encoder_of(learner), backbone_kwargs(config), train, val, device, figures=figures,
+                 encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)
 
 
 def _progress_bar(config: SSLabConfig, rank: int, steps_per_epoch: int, first_epoch: int):

@@ -31,18 +31,62 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrator.config_loader import ConfigError, load_config
+    from orchestrator.job_submit import submission_address
     from orchestrator.sweep import run_sweep
 
     config = load_config(args.config, args.set)
     if config.search is None:
         raise ConfigError(f"{args.config}: search: a sweep needs a search block (objective, sampler, space, n_trials, ...)")
+    address = submission_address(args.address)
+    if address is not None:
+        return submit(address, args, config)
+    from orchestrator.local_paths import with_absolute_paths
+
     result = run_sweep(config)
     summary = {"parent_run_id": result.parent_run_id, "study": result.study_name, "trials": result.counts}
     if result.best:
         number, value, params = result.best
         summary["best"] = {"trial": number, config.search.objective: value, "params": params}
+        shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in params.items())
+        print(f"best trial {number}: {config.search.objective} = {value:.4f} ({shown})", file=sys.stderr)
     print(json.dumps(summary, indent=2))
-    print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking.uri}", file=sys.stderr)
+    # absolute: the command works from any directory
+    print(f"MLflow UI: mlflow ui --backend-store-uri {with_absolute_paths(config).tracking.uri}", file=sys.stderr)
+    return 0
+
+
+def submit(address: str, args: argparse.Namespace, config) -> int:
+    """The sweep as a Ray job on the cluster at `address`: its submission id on stdout, the rest on stderr."""
+    from orchestrator.job_submit import submit_sweep
+
+    submission = submit_sweep(address, args.config, args.set, config)
+    for note in submission.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(submission.submission_id)
+    print(f"submitted study {submission.study!r} to {address} ({submission.upload_bytes / 2**20:.1f} MiB of working "
+          f"directory). Follow it with:\n  sslab status {submission.submission_id} --address {address}\n"
+          f"  sslab logs {submission.submission_id} --follow --address {address}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.job_watch import status
+
+    print(status(args.address, args.id), end="")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from orchestrator.job_watch import logs
+
+    logs(args.address, args.id, args.follow)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from orchestrator.job_watch import stop
+
+    print(stop(args.address, args.id, wait_s=0 if args.no_wait else args.wait), end="")
     return 0
 
 
@@ -81,6 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config value, e.g. --set train.epochs=5 (repeatable)")
         sub.set_defaults(func=func)
+        if name == "sweep":
+            sub.add_argument("--address", default=None, metavar="http://HEAD:8265",
+                             help="submit the sweep as a Ray job to the cluster whose dashboard is there "
+                                  "(default: RAY_ADDRESS when it is an http(s) URL; else the sweep runs here)")
+
+    address_help = "the cluster's dashboard (default: RAY_ADDRESS, else http://127.0.0.1:8265)"
+    status = commands.add_parser("status", help="a submitted sweep's status, or a table of the sweeps on the cluster")
+    status.add_argument("id", nargs="?", default=None, help="the submission id printed by sslab sweep --address")
+    status.add_argument("--address", default=None, help=address_help)
+    status.set_defaults(func=cmd_status)
+
+    logs = commands.add_parser("logs", help="the logs of a submitted sweep's driver")
+    logs.add_argument("id", help="the submission id")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--address", default=None, help=address_help)
+    logs.set_defaults(func=cmd_logs)
+
+    stop = commands.add_parser("stop", help="stop a submitted sweep (its parent run and running trials end KILLED)")
+    stop.add_argument("id", help="the submission id")
+    stop.add_argument("--address", default=None, help=address_help)
+    stop.add_argument("--wait", type=float, default=180, metavar="SECONDS",
+                      help="wait this long for it to end (default: %(default)s)")
+    stop.add_argument("--no-wait", action="store_true", help="return once the stop is requested")
+    stop.set_defaults(func=cmd_stop)
 
     evaluate = commands.add_parser("eval", help="downstream scores of a saved encoder, as JSON")
     evaluate.add_argument("checkpoint", help="encoder.pt written by sslab train (local path)")
@@ -108,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.compare import CompareError
     from orchestrator.config_loader import ConfigError
+    from orchestrator.coordinator import StudyBusyError
+    from orchestrator.job_client import JobError
     from workloads.errors import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CompareError, FileNotFoundError) as error:
+    except (ConfigError, DataError, CompareError, FileNotFoundError, JobError, StudyBusyError) as error:
         print(f"sslab {args.command}: error: {error}", file=sys.stderr)
         return 2
 

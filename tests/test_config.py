@@ -22,7 +22,7 @@ def test_quickstart_resolves_with_defaults(monkeypatch):
 
 def test_set_overrides_parse_yaml_values(monkeypatch):
     monkeypatch.chdir(ROOT)
-    config = load_config(QUICKSTART, ["train.epochs=3", "workload.loss=triplet", "augment.crop_scale=[0.5, 1.0]"])
+    config = load_config(QUICKSTART, ["search=null", "train.epochs=3", "workload.loss=triplet", "augment.crop_scale=[0.5, 1.0]"])
     assert config.train.epochs == 3 and config.workload.loss == "triplet" and config.augment.crop_scale == (0.5, 1.0)
 
 

@@ -1,5 +1,4 @@
 """`sslab sweep`: an Optuna study as concurrent Ray Train trials, one MLflow parent run with nested trials."""
-import optuna
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config_loader import load_config
@@ -14,31 +13,6 @@ SEARCH = {"objective": "downstream/knn_top1", "direction": "maximize", "sampler"
           "n_trials": 3, "max_concurrent_trials": 2, "seed": 0,
           "space": {"workload.temperature": {"type": "float", "low": 0.05, "high": 1.0, "log": True},
                     "train.batch_size": {"type": "categorical", "choices": [128, 256]}}}
-
-
-def test_sweep_records_parent_and_nested_trials_and_the_study(ray_local, workdir):
-    import json
-
-    config = load_config(f"{ROOT}/examples/quickstart.yaml", TINY + [f"search={json.dumps(SEARCH)}"])
-    result = run_sweep(config)
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    parent = client.get_run(result.parent_run_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags["sslab.kind"] == "sweep"
-    assert 0.0 <= parent.data.metrics["best/downstream/knn_top1"] <= 1.0
-    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
-    assert {"trials.csv", "optimization_history.png", "config.yaml"} <= artifacts
-    experiment = client.get_experiment_by_name("tinysweep")
-    trials = client.search_runs([experiment.experiment_id], "tags.`sslab.kind` = 'trial'")
-    assert len(trials) == 3
-    for run in trials:
-        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
-        assert run.info.status in ("FINISHED", "KILLED")
-        assert run.data.params["temperature"] and run.data.params["batch_size"] in ("128", "256")
-        assert client.get_metric_history(run.info.run_id, "train/loss")
-    study = optuna.load_study(study_name="tinysweep", storage=f"sqlite:///{workdir}/optuna.db")
-    assert sorted(t.state.name for t in study.trials) == sorted(
-        "PRUNED" if r.info.status == "KILLED" else "COMPLETE" for r in trials)
-    assert sorted(str(t.number) for t in study.trials) == sorted(r.data.tags["sslab.trial_number"] for r in trials)
 
 
 def test_pruner_stops_trials_in_a_bad_region_and_marks_them(ray_local, workdir):
@@ -59,3 +33,25 @@ def test_pruner_stops_trials_in_a_bad_region_and_marks_them(ray_local, workdir):
         assert epochs < 4, "a pruned trial stopped before its last epoch"
     assert result.counts.get("PRUNED", 0) == len(pruned)
     assert result.counts.get("COMPLETE", 0) + len(pruned) == 5
+
+
+def test_grid_sweep_stops_when_exhausted_and_fails_only_the_invalid_combination(ray_local, workdir):
+    """warmup_epochs must be below epochs: the grid's (epochs 1, warmup 1) point is a FAILED trial with the
+    reason, the other runs, and the sweep ends when the grid is exhausted although n_trials is larger."""
+    import json
+
+    search = {**SEARCH, "sampler": "grid", "pruner": "none", "n_trials": 10, "max_concurrent_trials": 2,
+              "space": {"train.epochs": {"type": "categorical", "choices": [1]},
+                        "train.warmup_epochs": {"type": "categorical", "choices": [0, 1]}}}
+    config = load_config(f"{ROOT}/examples/quickstart.yaml",
+                         TINY + ["name=gridsweep", "train.batch_size=256", f"search={json.dumps(search)}"])
+    result = run_sweep(config)
+    assert result.counts == {"COMPLETE": 1, "FAIL": 1}
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("gridsweep")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sslab.kind` = 'trial'")
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(runs) == 2 and len(failed) == 1
+    assert failed[0].data.params == {"train.epochs": "1", "train.warmup_epochs": "1"}
+    assert "warmup_epochs" in failed[0].data.tags["sslab.error"]
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"

@@ -11,7 +11,7 @@ from torch import nn
 
 from .bank_objective import BankObjective
 from .momentum_contrast import MomentumKeyEncoder
-from .train_loop import EpochStats, autocast_for
+from .train_loop import EpochStats, autocast_for, full_batches
 
 
 def train_epoch_with_bank(
@@ -33,9 +33,7 @@ def train_epoch_with_bank(
     """`indices` are this worker's data-set ids for the epoch; `first_step` is the global step count so far."""
     query_encoder.train()
     plain = query_encoder.module if hasattr(query_encoder, "module") else query_encoder
-    steps = len(indices) // batch_size
-    if steps == 0:
-        raise ValueError(f"batch_size {batch_size} is larger than this worker's {len(indices)} training images")
+    steps = full_batches(len(indices), batch_size)
     total = torch.zeros((), device=device)
     start = time.perf_counter()
     for step in range(steps):

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import build_backbone
+from .pretext.registry import build_encoder
 
 FORMAT = "sslab.encoder/1"
 
@@ -28,7 +28,8 @@ def load_encoder(path: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     payload = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not an sslab encoder checkpoint (expected format {FORMAT!r})")
-    backbone = build_backbone(payload["backbone"], **payload["backbone_kwargs"])
+    # a pretext task's encoder may wrap the backbone (lightness in, or split-brain halves)
+    backbone = build_encoder(payload["backbone"], payload["backbone_kwargs"], payload.get("encoder_wrapper"))
     backbone.load_state_dict(payload["state_dict"])
     metadata = {k: v for k, v in payload.items() if k not in ("state_dict",)}
     return backbone.to(device).eval(), metadata

@@ -36,6 +36,13 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
+def full_batches(images: int, batch_size: int) -> int:
+    """Steps in an epoch of full batches (drop_last); a batch larger than the worker's share is an error."""
+    if images < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than this worker's {images} training images")
+    return images // batch_size
+
+
 def train_epoch(
     learner: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -55,9 +62,7 @@ def train_epoch(
     .to(memory_format=torch.channels_last)); bf16 convolutions on tensor cores want it.
     """
     learner.train()
-    steps = len(indices) // batch_size
-    if steps == 0:
-        raise ValueError(f"batch_size {batch_size} is larger than this worker's {len(indices)} training images")
+    steps = full_batches(len(indices), batch_size)
     total = torch.zeros((), device=device)
     start = time.perf_counter()
     for step in range(steps):

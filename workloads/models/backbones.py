@@ -17,13 +17,16 @@ from torch import nn
 __all__ = ["resnet18_cifar", "SmallConvNet", "build_backbone", "BACKBONES"]
 
 
-def resnet18_cifar() -> nn.Module:
+def resnet18_cifar(in_channels: int = 3) -> nn.Module:
     """ResNet-18 for 32x32 images: 3x3 stride-1 stem conv, no max-pool, ``fc = Identity``.
 
-    Randomly initialised (``weights=None``); ``model.feature_dim == 512``.
+    Randomly initialised (``weights=None``); ``model.feature_dim == 512``. ``in_channels`` is 3 for
+    RGB; the pretext tasks that see other channels (L, ab of Lab) build it with 1 or 2.
     """
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     model = torchvision.models.resnet18(weights=None)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision does
     model.maxpool = nn.Identity()
     model.fc = nn.Identity()

@@ -1,0 +1,52 @@
+"""The model a run trains, by workload: a pretext task, or a contrastive learner (in-batch or bank negatives)."""
+from workloads.bank_objective import BankObjective
+from workloads.contrastive import ContrastiveLearner
+from workloads.data import ImageDataset
+from workloads.models import ProjectionHead, build_backbone
+from workloads.momentum_contrast import MomentumKeyEncoder, QueryEncoder
+from workloads.pretext.base import PretextTask, normalize
+from workloads.pretext.registry import build_task
+
+from .config import SSLabConfig
+
+
+def backbone_kwargs(config: SSLabConfig) -> dict:
+    """Each split-brain half is half as wide, so the pair costs about one backbone (as in the paper)."""
+    if config.model.backbone != "small_convnet":
+        return {}
+    halves = config.workload.kind == "split_brain"
+    return {"width": max(1, config.model.width // 2) if halves else config.model.width}
+
+
+def build_learner(config: SSLabConfig, bank, num_images: int):
+    """(learner, key encoder, bank objective): a pretext task; a contrastive learner with in-batch
+    negatives; or a query encoder whose negatives come from the trial's shared bank."""
+    kwargs = backbone_kwargs(config)
+    if config.workload.kind != "contrastive":
+        params = config.workload.model_dump(exclude={"kind"})
+        return build_task(config.workload.kind, params, config.model.backbone, kwargs, num_images), None, None
+    backbone = build_backbone(config.model.backbone, **kwargs)
+    head = ProjectionHead(backbone.feature_dim, config.model.projection_hidden_dim, config.model.projection_dim)
+    workload = config.workload
+    if bank is None:  # in-batch negatives
+        return ContrastiveLearner(backbone, head, workload.loss, workload.temperature, workload.margin), None, None
+    if bank.mode == "instance" and bank.size < num_images:
+        raise ValueError(f"bank.size ({bank.size}) must be at least the number of training images ({num_images}) "
+                         "in instance mode: one entry per image")
+    learner = QueryEncoder(backbone, head)  # keys from a momentum encoder
+    objective = BankObjective(bank, config.bank.negatives, workload.loss, workload.temperature, workload.margin,
+                              config.bank.k, config.bank.n)
+    return learner, MomentumKeyEncoder(learner, config.bank.key_momentum), objective
+
+
+def encoder_of(learner):
+    """The encoder downstream evaluation keeps: a pretext task's `encoder`, a contrastive learner's `backbone`."""
+    plain = learner.module if hasattr(learner, "module") else learner
+    return plain.encoder if isinstance(plain, PretextTask) else plain.backbone
+
+
+def task_figure(task, val: ImageDataset, device):
+    """The pretext task's own figure on a few validation images (what it asks and what it answers)."""
+    images = normalize(val.images[:8].to(device).float() / 255.0)
+    return task.figure(images)
+
