@@ -37,6 +37,7 @@ class SweepResult:
     study_name: str
     best: tuple[int, float, dict] | None
     counts: dict[str, int]
+    tracking_uri: str  # absolute: the MLflow store the sweep wrote to
 
 
 def run_sweep(config: SSLabConfig) -> SweepResult:
@@ -55,7 +56,8 @@ def run_sweep(config: SSLabConfig) -> SweepResult:
         drive(config, coordinator, record)
         best = ray.get(coordinator.best.remote())
         record.finish(best, ray.get(coordinator.table.remote()), coordinator)
-        result = SweepResult(record.parent_run_id, study_name, best, ray.get(coordinator.counts.remote()))
+        result = SweepResult(record.parent_run_id, study_name, best, ray.get(coordinator.counts.remote()),
+                             config.tracking.uri)
     except BaseException as error:
         stop(error, coordinator, record)
         raise

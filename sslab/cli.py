@@ -40,8 +40,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     address = submission_address(args.address)
     if address is not None:
         return submit(address, args, config)
-    from orchestrator.local_paths import with_absolute_paths
-
     result = run_sweep(config)
     summary = {"parent_run_id": result.parent_run_id, "study": result.study_name, "trials": result.counts}
     if result.best:
@@ -51,7 +49,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"best trial {number}: {config.search.objective} = {value:.4f} ({shown})", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     # absolute: the command works from any directory
-    print(f"MLflow UI: mlflow ui --backend-store-uri {with_absolute_paths(config).tracking.uri}", file=sys.stderr)
+    print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}", file=sys.stderr)
     return 0
 
 

@@ -21,7 +21,7 @@ def test_pruner_stops_trials_in_a_bad_region_and_marks_them(ray_local, workdir):
     search = {**SEARCH, "sampler": "random", "pruner": "median", "n_trials": 5, "max_concurrent_trials": 2, "seed": 3,
               "space": {"workload.temperature": {"type": "float", "low": 0.05, "high": 5.0, "log": True}}}
     config = load_config(f"{ROOT}/examples/quickstart.yaml",
-                         TINY + ["name=prunesweep", "train.epochs=4", "train.batch_size=128", f"search={json.dumps(search)}"])
+                         TINY + ["name=prunesweep", "train.epochs=3", "train.batch_size=128", f"search={json.dumps(search)}"])
     result = run_sweep(config)
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("prunesweep")
@@ -30,7 +30,7 @@ def test_pruner_stops_trials_in_a_bad_region_and_marks_them(ray_local, workdir):
     for run in pruned:
         assert run.info.status == "KILLED" and run.data.tags["sslab.kind"] == "trial"
         epochs = len(client.get_metric_history(run.info.run_id, "train/loss"))
-        assert epochs < 4, "a pruned trial stopped before its last epoch"
+        assert epochs < 3, "a pruned trial stopped before its last epoch"
     assert result.counts.get("PRUNED", 0) == len(pruned)
     assert result.counts.get("COMPLETE", 0) + len(pruned) == 5
 
