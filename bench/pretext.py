@@ -1,6 +1,7 @@
 """Pretext workloads against the contrastive one: downstream kNN after the same training budget.
 
-    .venv/bin/python bench/pretext.py                     # every workload, 8 epochs each (~25 min on 2 cores)
+    .venv/bin/python bench/pretext.py                     # every workload, 8 epochs each (not timed)
+    .venv/bin/python bench/pretext.py --epochs 5          # 18.5 min measured here (docs/benchmarks.md)
     .venv/bin/python bench/pretext.py --epochs 2 --only rotation jigsaw
 
 Each workload trains its example config (examples/<kind>.yaml; examples/quickstart.yaml for the

@@ -1,7 +1,7 @@
 """Sweeps: the same study with pruning on and off, same budget, same seeds.
 
-    .venv/bin/python bench/sweep.py                # ~25 minutes on 2 CPU cores
-    .venv/bin/python bench/sweep.py --quick        # ~6 minutes: 4 trials of 3 epochs
+    .venv/bin/python bench/sweep.py                # 10 trials x 6 epochs: 23 min measured here, under load
+    .venv/bin/python bench/sweep.py --quick        # 4 trials of 3 epochs (not timed)
 
 Both arms run `orchestrator.sweep.run_sweep` on examples/cifar10_sweep.yaml's settings (SimCLR,
 small ConvNet, the bundled sample) with the same TPE seed, the same n_trials and the same space,

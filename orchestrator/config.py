@@ -1,11 +1,11 @@
 """Typed sslab configuration: every key checked (type, range, unknown keys) before anything runs."""
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from workloads.negatives import NEGATIVES
 
-from .config_section import Section
+from .config_section import CropScale, Section
 from .workload_config import LOSSES, ContrastiveWorkload, WorkloadConfig  # noqa: F401  (LOSSES: re-exported)
 
 
@@ -22,19 +22,12 @@ class DataConfig(Section):
 
 
 class AugmentConfig(Section):
-    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_scale: CropScale = (0.2, 1.0)
     flip_p: float = Field(0.5, ge=0.0, le=1.0)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = Field(0.8, ge=0.0, le=1.0)
     grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
     blur_p: float = Field(0.0, ge=0.0, le=1.0)
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 < value[0] <= value[1] <= 1.0:
-            raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
-        return value
 
 
 class BankConfig(Section):

@@ -5,9 +5,9 @@ that belongs to another kind is an error naming the kind. Without `kind`, the wo
 """
 from typing import Annotated, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag
 
-from .config_section import Section
+from .config_section import CropScale, Section
 
 LOSSES = ("nt_xent", "info_nce", "contrastive", "triplet", "lifted_structured", "npair")
 
@@ -29,17 +29,10 @@ class ExemplarWorkload(Section):
     """Exemplar-CNN: an image and its distortions form one class (one class per training image)."""
     kind: Literal["exemplar"]
     distortions: int = Field(2, ge=1, le=16, description="distortions of each image per step")
-    crop_scale: tuple[float, float] = (0.4, 1.0)
+    crop_scale: CropScale = (0.4, 1.0)
     rotation: float = Field(20.0, ge=0.0, le=180.0, description="maximum rotation, degrees")
     jitter: float = Field(0.4, ge=0.0, le=1.0, description="brightness/contrast/saturation strength")
     hue: float = Field(0.1, ge=0.0, le=0.5, description="maximum hue shift, turns")
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 < value[0] <= value[1] <= 1.0:
-            raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
-        return value
 
 
 class PatchWorkload(Section):
