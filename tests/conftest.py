@@ -93,6 +93,28 @@ def s3_server():
                 os.environ[key] = value
 
 
+@pytest.fixture(scope="module")
+def images():
+    """The first 256 sample images, normalised as the encoders see them."""
+    import torch  # noqa: F401 (the loader returns a uint8 tensor)
+
+    from workloads.data.load import load_images
+    from workloads.pretext.base import normalize
+
+    return normalize(load_images(SAMPLE).images[:256].float() / 255)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on the small, shared test machines more threads only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run in a fresh folder (MLflow's sqlite file, Ray storage) with the sample reachable."""
@@ -100,6 +122,27 @@ def workdir(tmp_path, monkeypatch):
     os.makedirs("examples/data", exist_ok=True)
     shutil.copy(SAMPLE, "examples/data/cifar10_sample.parquet")
     return tmp_path
+
+
+def marked_processes(marker: str, tag: str, path: str) -> dict[int, str]:
+    """Live processes started by a test (any generation): those whose environment holds marker=tag, or
+    whose command line names `path` (the private Ray temp dir). {pid: command line}."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{entry}/stat") as handle:
+                zombie = handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:  # gone, or not ours to read
+            continue
+        if not zombie and (f"{marker}={tag}".encode() in environ or path in cmdline):
+            found[int(entry)] = cmdline
+    return found
 
 
 def run_cluster_script(script: str, args: list[str], cwd: str, timeout: float = 420) -> dict:

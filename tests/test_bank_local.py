@@ -11,13 +11,7 @@ from workloads.bank.local import SEEN_STEPS
 from workloads.losses import info_nce_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP wake-ups on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add OpenMP wake-ups
 
 
 def unit(*shape, seed=0, dtype=torch.float32):

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, SAMPLE, free_port
+from conftest import BIN, SAMPLE, free_port, marked_processes
 
 pytestmark = pytest.mark.slow
 
@@ -116,22 +116,7 @@ class RayCluster:
 
     def leftovers(self) -> dict[int, str]:
         """Live processes of this cluster (any generation): {pid: command line}."""
-        found = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as handle:
-                    environ = handle.read()
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                with open(f"/proc/{entry}/stat") as handle:
-                    zombie = handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except OSError:  # gone, or not ours to read
-                continue
-            if not zombie and (f"{MARKER}={self.tag}".encode() in environ or self.temp in cmdline):
-                found[int(entry)] = cmdline
-        return found
+        return marked_processes(MARKER, self.tag, self.temp)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

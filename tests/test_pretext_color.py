@@ -1,11 +1,9 @@
 """Lab colour, the ab quantiser, the Lab encoder wrappers and the colorization task (Zhang et al. 2016)."""
-import os
 
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from workloads.data.load import load_images
 from workloads.models.backbones import resnet18_cifar
 from workloads.pretext.base import normalize, to_unit
 from workloads.pretext.colorization import Colorization
@@ -13,21 +11,9 @@ from workloads.pretext.encoders import GrayEncoder, SplitBrainEncoder, build_enc
 from workloads.pretext.lab import (ABQuantizer, lab_to_rgb, normalized_to_lab, rgb_to_lab, scale_ab, scale_l, split_lab,
                                    unscale_ab, unscale_l)
 
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data", "cifar10_sample.parquet")
+from pretext_helpers import mean_of, train
 
-
-@pytest.fixture(scope="module")
-def images():
-    """256 sample images, normalised as the encoder sees them."""
-    return normalize(load_images(SAMPLE).images[:256].float() / 255)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two busy cores: more threads only contend
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lab_round_trip_on_sample_images(images):
@@ -193,40 +179,22 @@ def test_running_prior_follows_the_data(images):
     assert fixed.prior_batches == 0 and torch.allclose(fixed.prior, fixed.prior.mean().expand_as(fixed.prior))
 
 
-def _train(task, images, steps=30, lr=2e-3):
-    opt = torch.optim.Adam(task.parameters(), lr=lr)
-    history = []
-    for step in range(steps):
-        batch = images[(step % 4) * 64:(step % 4 + 1) * 64]
-        out = task(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        history.append({"loss": out.loss.item(), **{k: v.item() for k, v in out.metrics.items()}})
-    return history
-
-
-def _mean(history, key, part):
-    rows = history[:4] if part == "first" else history[-4:]
-    return sum(r[key] for r in rows) / len(rows)
-
-
 def test_colorization_classification_learns(images):
     torch.manual_seed(0)
     task = _colorization()
-    history = _train(task, images)
+    history = train(task, images, steps=30, lr=2e-3)
     assert set(history[0]) == {"loss", "accuracy", "mse_ab"}
-    assert _mean(history, "loss", "last") < 0.8 * _mean(history, "loss", "first")
-    assert _mean(history, "accuracy", "last") > 0.05 > 3 * task.chance  # from ~1 / Q at the start
-    assert _mean(history, "mse_ab", "last") < 0.5 * _mean(history, "mse_ab", "first")
+    assert mean_of(history, "loss", "last") < 0.8 * mean_of(history, "loss", "first")
+    assert mean_of(history, "accuracy", "last") > 0.05 > 3 * task.chance  # from ~1 / Q at the start
+    assert mean_of(history, "mse_ab", "last") < 0.5 * mean_of(history, "mse_ab", "first")
 
 
 def test_colorization_regression_learns(images):
     torch.manual_seed(0)
     task = _colorization(mode="regression")
-    history = _train(task, images)
+    history = train(task, images, steps=30, lr=2e-3)
     assert set(history[0]) == {"loss", "mse_ab"} and task.chance is None
-    assert _mean(history, "mse_ab", "last") < 0.3 * _mean(history, "mse_ab", "first")
+    assert mean_of(history, "mse_ab", "last") < 0.3 * mean_of(history, "mse_ab", "first")
 
 
 @pytest.mark.parametrize("mode", ["classification", "regression"])

@@ -1,52 +1,18 @@
 """Rotation prediction and exemplar distortion discrimination: inputs, labels, figures, and a tiny
 learning run each on sample images (pure torch, CPU)."""
 import math
-import os
 
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from workloads.data.load import load_images
-from workloads.models.backbones import SmallConvNet
 from workloads.pretext.base import normalize
 from workloads.pretext.exemplar import ExemplarDiscrimination
 from workloads.pretext.rotation import RotationPrediction, rotate_all
 
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data", "cifar10_sample.parquet")
+from pretext_helpers import small_task, train
 
-
-@pytest.fixture(scope="module")
-def images():
-    """The first 256 sample images, normalised as the encoder sees them."""
-    return normalize(load_images(SAMPLE).images[:256].float() / 255)
-
-
-@pytest.fixture
-def one_thread():
-    # The test machines are small and shared: one intra-op thread is several times faster there.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def small_task(cls, width=4, **kwargs):
-    encoder = SmallConvNet(width=width)
-    return cls(encoder, encoder.feature_dim, **kwargs)
-
-
-def train(task, images, steps, batch=64, lr=3e-3):
-    """Adam over consecutive batches of the small set; ids are the images' indices."""
-    optimizer = torch.optim.Adam(task.parameters(), lr=lr)
-    ids = torch.arange(len(images))
-    task.train()
-    for step in range(steps):
-        b = ids[(step * batch) % len(images) :][:batch]
-        out = task(images[b], b)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- rotation ---------------------------------------------------------------------------------
@@ -109,7 +75,7 @@ def test_rotation_figure_shows_four_rotations_and_keeps_mode(training):
     assert task.training is training and task.encoder.training is training
 
 
-def test_rotation_learns_on_sample_images(images, one_thread):
+def test_rotation_learns_on_sample_images(images):
     torch.manual_seed(0)
     task = small_task(RotationPrediction, width=8)
     train(task, images, steps=30, batch=32)
@@ -198,7 +164,7 @@ def test_exemplar_figure_shows_an_image_with_its_distortions(with_ids):
     assert task.training
 
 
-def test_exemplar_learns_on_sample_images(images, one_thread):
+def test_exemplar_learns_on_sample_images(images):
     torch.manual_seed(0)
     task = small_task(ExemplarDiscrimination, width=8, num_classes=256)
     train(task, images, steps=30)

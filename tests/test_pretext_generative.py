@@ -1,52 +1,20 @@
 """The decoder, the denoising autoencoder, the context encoder's masks and task, the split-brain autoencoder."""
 import math
-import os
 
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from workloads.data.load import load_images
 from workloads.models.backbones import SmallConvNet
-from workloads.pretext.base import normalize
 from workloads.pretext.context_encoder import ContextEncoder, square_masks
 from workloads.pretext.decoder import ImageDecoder
 from workloads.pretext.denoising import DenoisingAutoencoder
 from workloads.pretext.encoders import build_encoder
 from workloads.pretext.split_brain import SplitBrain
 
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data", "cifar10_sample.parquet")
+from pretext_helpers import mean_of, train
 
-
-@pytest.fixture(scope="module")
-def images():
-    """256 sample images, normalised as the encoder sees them."""
-    return normalize(load_images(SAMPLE).images[:256].float() / 255)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two busy cores: more threads only contend
-    yield
-    torch.set_num_threads(threads)
-
-
-def _train(task, images, steps=30, lr=2e-3):
-    opt = torch.optim.Adam(task.parameters(), lr=lr)
-    history = []
-    for step in range(steps):
-        out = task(images[(step % 4) * 64:(step % 4 + 1) * 64])
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        history.append({"loss": out.loss.item(), **{k: v.item() for k, v in out.metrics.items()}})
-    return history
-
-
-def _mean(history, key, part):
-    rows = history[:4] if part == "first" else history[-4:]
-    return sum(r[key] for r in rows) / len(rows)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mean_image_mse(images):
@@ -132,10 +100,10 @@ def test_context_encoder_rejects_bad_hyperparameters():
 def test_context_encoder_learns(images, mask):
     torch.manual_seed(0)
     task = ContextEncoder(SmallConvNet(width=8), 64, mask=mask, decoder_width=16)
-    history = _train(task, images)
+    history = train(task, images, steps=30, lr=2e-3)
     assert {"mse_masked", "mse_context"} <= set(history[0])
-    assert _mean(history, "mse_masked", "last") < 0.7 * _mean(history, "mse_masked", "first")
-    assert _mean(history, "mse_masked", "last") < 0.85 * _mean_image_mse(images)  # uses the context
+    assert mean_of(history, "mse_masked", "last") < 0.7 * mean_of(history, "mse_masked", "first")
+    assert mean_of(history, "mse_masked", "last") < 0.85 * _mean_image_mse(images)  # uses the context
     _check_figure(task, images, 3, "masked input")
 
 
@@ -164,10 +132,10 @@ def test_denoising_corruptions(images):
 def test_denoising_autoencoder_learns(images, noise):
     torch.manual_seed(0)
     task = DenoisingAutoencoder(SmallConvNet(width=8), 64, noise=noise, decoder_width=16)
-    history = _train(task, images)
+    history = train(task, images, steps=30, lr=2e-3)
     assert set(history[0]) == {"loss", "mse"}
-    assert _mean(history, "mse", "last") < 0.5 * _mean(history, "mse", "first")
-    assert _mean(history, "mse", "last") < 0.6 * _mean_image_mse(images)  # uses the input
+    assert mean_of(history, "mse", "last") < 0.5 * mean_of(history, "mse", "first")
+    assert mean_of(history, "mse", "last") < 0.6 * _mean_image_mse(images)  # uses the input
     with torch.autocast("cpu", dtype=torch.bfloat16):
         step = task(images[:8])
     assert step.loss.dtype == torch.float32 and torch.isfinite(step.loss)
@@ -215,14 +183,14 @@ def test_split_brain_halves_see_only_their_channels(images):
 def test_split_brain_learns(images, mode):
     torch.manual_seed(0)
     task = _split_brain(mode=mode)
-    history = _train(task, images)
+    history = train(task, images, steps=30, lr=2e-3)
     assert {"loss_l_to_ab", "loss_ab_to_l"} <= set(history[0])
     # L from ab is the harder half: its loss falls more slowly (~10% in 30 steps from log 100)
     for key, fraction in (("loss_l_to_ab", 0.8), ("loss_ab_to_l", 0.95 if mode == "classification" else 0.8)):
-        assert _mean(history, key, "last") < fraction * _mean(history, key, "first"), key
+        assert mean_of(history, key, "last") < fraction * mean_of(history, key, "first"), key
     if mode == "classification":
-        assert _mean(history, "accuracy_l", "last") > 0.04 > 3 / 100  # 100 L bins
-        assert _mean(history, "accuracy_ab", "last") > 0.2
+        assert mean_of(history, "accuracy_l", "last") > 0.04 > 3 / 100  # 100 L bins
+        assert mean_of(history, "accuracy_ab", "last") > 0.2
     with torch.autocast("cpu", dtype=torch.bfloat16):
         step = task(images[:8])
     assert step.loss.dtype == torch.float32 and torch.isfinite(step.loss)

@@ -3,16 +3,13 @@
 figures, and a tiny learning run each on sample images (pure torch, CPU)."""
 import io
 import itertools
-import os
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from workloads.data.load import load_images
-from workloads.models.backbones import SmallConvNet
-from workloads.pretext.base import normalize, to_unit
+from workloads.pretext.base import to_unit
 from workloads.pretext.jigsaw import Jigsaw, _greedy_permutations, maximal_hamming_permutations, shuffle_tiles
 from workloads.pretext.patches import (
     COLOR_NOISE,
@@ -23,41 +20,12 @@ from workloads.pretext.patches import (
 )
 from workloads.pretext.relative_position import NEIGHBOURS, RelativePosition
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "examples", "data", "cifar10_sample.parquet")
+from pretext_helpers import small_task, train
+
 ALL_POSITIONS = torch.arange(9)
 OFF = dict(downsample_p=0.0, color_drop_p=0.0, grayscale_p=0.0, normalize_patches=False)
 
-
-@pytest.fixture(scope="module")
-def images():
-    """The first 256 sample images, normalised as the encoder sees them."""
-    return normalize(load_images(SAMPLE).images[:256].float() / 255)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machines are small and shared: one intra-op thread is several times faster there.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def small_task(cls, width=4, **kwargs):
-    encoder = SmallConvNet(width=width)
-    return cls(encoder, encoder.feature_dim, **kwargs)
-
-
-def train(task, images, steps, batch=64, lr=3e-3):
-    optimizer = torch.optim.Adam(task.parameters(), lr=lr)
-    task.train()
-    for step in range(steps):
-        b = torch.arange(len(images))[(step * batch) % len(images) :][:batch]
-        out = task(images[b], b)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

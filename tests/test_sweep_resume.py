@@ -19,7 +19,7 @@ import uuid
 import optuna
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, marked_processes
 
 N_TRIALS = 4
 NAME = "resumesweep"
@@ -59,22 +59,7 @@ class Driver:
 
     def processes(self) -> dict[int, str]:
         """The live processes it started (any generation): {pid: command line}."""
-        found = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as handle:
-                    environ = handle.read()
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                with open(f"/proc/{entry}/stat") as handle:
-                    zombie = handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except OSError:  # gone, or not ours
-                continue
-            if not zombie and (f"{MARKER}={self.tag}".encode() in environ or self.ray_tmp in cmdline):
-                found[int(entry)] = cmdline
-        return found
+        return marked_processes(MARKER, self.tag, self.ray_tmp)
 
     def wait_processes_gone(self, seconds: float) -> dict[int, str]:
         """Wait for its processes to end; those still alive after `seconds`."""

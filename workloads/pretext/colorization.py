@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import PretextStep, PretextTask, to_unit
-from .decoder import ImageDecoder, check_range, image_rows_figure
+from .checks import check_choice, check_range
+from .decoder import ImageDecoder, image_rows_figure
 from .encoders import GrayEncoder
 from .lab import ABQuantizer, lab_to_rgb, normalized_to_lab, scale_ab, scale_l, split_lab, unscale_ab
 
@@ -44,17 +45,13 @@ class Colorization(PretextTask):
         super().__init__(encoder)
         if not isinstance(encoder, GrayEncoder):
             raise TypeError("Colorization needs a GrayEncoder (build_encoder(..., wrapper='gray')): its network must see only L")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_choice("mode", mode, MODES)
         self.temperature = check_range("temperature", temperature, 0.0, 1.0, open_low=True)
         check_range("rebalance_lambda", rebalance_lambda, 0.0, 1.0)
         check_range("rebalance_sigma", rebalance_sigma, 0.0, 50.0, open_low=True)
         check_range("bin_size", bin_size, 2, 50, integer=True)
         check_range("decoder_width", decoder_width, 1, 1024, integer=True)
-        if output_stride not in (1, 2, 4):
-            raise ValueError(f"output_stride must be 1, 2 or 4, got {output_stride!r}")
-        self.output_stride = output_stride
+        self.output_stride = check_choice("output_stride", output_stride, (1, 2, 4))
         if not isinstance(soft_encoding, bool):
             raise ValueError(f"soft_encoding must be true or false, got {soft_encoding!r}")
         self.soft_encoding = soft_encoding

@@ -24,7 +24,8 @@ import math
 import torch
 
 from .base import PretextStep, PretextTask, to_unit
-from .decoder import ImageDecoder, check_range, image_rows_figure
+from .checks import check_choice, check_range
+from .decoder import ImageDecoder, image_rows_figure
 
 MASKS = ("center", "random")
 
@@ -32,8 +33,7 @@ MASKS = ("center", "random")
 def square_masks(batch: int, height: int, width: int, fraction: float, mode: str = "center",
                  device: torch.device | str | None = None) -> torch.Tensor:
     """Bool [batch, 1, height, width], True inside a square of area ~ fraction * height * width."""
-    if mode not in MASKS:
-        raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mode!r}")
+    check_choice("mask", mode, MASKS)
     side = max(1, min(round(math.sqrt(fraction * height * width)), height, width))
     if mode == "center":
         top = torch.full((batch,), (height - side) // 2)
@@ -52,9 +52,7 @@ class ContextEncoder(PretextTask):
     def __init__(self, encoder, feature_dim: int, *, mask: str = "center", mask_fraction: float = 0.25,
                  context_weight: float = 0.0, decoder_width: int = 64):
         super().__init__(encoder)
-        if mask not in MASKS:
-            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
-        self.mask = mask
+        self.mask = check_choice("mask", mask, MASKS)
         self.mask_fraction = float(check_range("mask_fraction", mask_fraction, 0.0, 1.0, open_low=True, open_high=True))
         self.context_weight = float(check_range("context_weight", context_weight, 0.0, 1.0))
         check_range("decoder_width", decoder_width, 1, 1024, integer=True)

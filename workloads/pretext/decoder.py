@@ -11,8 +11,7 @@ outputs are logits or normalised values). Nearest upsampling plus conv avoids th
 artefacts of transposed convolutions. Asked for another output size (images larger than ``size``),
 it resizes its output bilinearly.
 
-Also the two small helpers the generative tasks share: ``image_rows_figure`` (their figures) and
-``check_range`` (their hyperparameter validation).
+Also ``image_rows_figure``, the figure the generative tasks share.
 """
 from __future__ import annotations
 
@@ -63,14 +62,3 @@ def image_rows_figure(rows: list[tuple[str, torch.Tensor]], cell: float = 1.1):
         axes[r][0].set_title(title, loc="left", fontsize=8)
     return fig
 
-
-def check_range(name: str, value, low: float, high: float, *, integer: bool = False,
-                open_low: bool = False, open_high: bool = False):
-    """Validate a hyperparameter: a number (an integer if asked) between low and high, ends included
-    unless open; a ValueError naming it and the valid range otherwise. Returns the value."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not integer or isinstance(value, int))
-    if not ok or not (low < value if open_low else low <= value) or not (value < high if open_high else value <= high):
-        kind = "an integer" if integer else "a number"
-        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise ValueError(f"{name} must be {kind} in {interval}, got {value!r}")
-    return value

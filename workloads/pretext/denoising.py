@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import PretextStep, PretextTask, to_unit
-from .decoder import ImageDecoder, check_range, image_rows_figure
+from .checks import check_choice, check_range
+from .decoder import ImageDecoder, image_rows_figure
 
 NOISES = ("gaussian", "masking")
 
@@ -29,9 +30,7 @@ class DenoisingAutoencoder(PretextTask):
     def __init__(self, encoder, feature_dim: int, *, noise: str = "gaussian", noise_std: float = 0.3,
                  mask_fraction: float = 0.25, decoder_width: int = 64):
         super().__init__(encoder)
-        if noise not in NOISES:
-            raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
-        self.noise = noise
+        self.noise = check_choice("noise", noise, NOISES)
         self.noise_std = float(check_range("noise_std", noise_std, 0.0, 5.0, open_low=True))
         self.mask_fraction = float(check_range("mask_fraction", mask_fraction, 0.0, 1.0, open_low=True, open_high=True))
         check_range("decoder_width", decoder_width, 1, 1024, integer=True)

@@ -41,12 +41,7 @@ from torch import nn
 
 from ..augment import random_resized_crop_boxes
 from .base import PretextStep, PretextTask, accuracy, normalize, to_unit
-
-
-def _number(name: str, value, lo: float, hi: float, detail: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be {detail}, got {value!r}")
-    return float(value)
+from .checks import check_range
 
 
 class ExemplarDiscrimination(PretextTask):
@@ -73,10 +68,8 @@ class ExemplarDiscrimination(PretextTask):
         hue: float = 0.1,
     ):
         super().__init__(encoder)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be the number of training images, an integer >= 2, got {num_classes!r}")
-        if isinstance(distortions, bool) or not isinstance(distortions, int) or distortions < 1:
-            raise ValueError(f"distortions must be an integer >= 1, got {distortions!r}")
+        check_range("num_classes (the number of training images)", num_classes, 2, float("inf"), integer=True)
+        check_range("distortions", distortions, 1, 64, integer=True)
         try:
             lo, hi = (float(v) for v in crop_scale)
         except (TypeError, ValueError):
@@ -86,9 +79,9 @@ class ExemplarDiscrimination(PretextTask):
         self.num_classes = num_classes
         self.distortions = distortions
         self.crop_scale = (lo, hi)
-        self.rotation = _number("rotation", rotation, 0.0, 180.0, "a number of degrees in [0, 180]")
-        self.jitter = _number("jitter", jitter, 0.0, 1.0, "a number in [0, 1]")
-        self.hue = _number("hue", hue, 0.0, 0.5, "a number of turns in [0, 0.5]")
+        self.rotation = float(check_range("rotation (degrees)", rotation, 0.0, 180.0))
+        self.jitter = float(check_range("jitter", jitter, 0.0, 1.0))
+        self.hue = float(check_range("hue (turns)", hue, 0.0, 0.5))
         self.chance = 1.0 / num_classes
         self.head = nn.Linear(feature_dim, num_classes)
 

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import PretextStep, PretextTask
-from .decoder import ImageDecoder, check_range, image_rows_figure
+from .checks import check_choice, check_range
+from .decoder import ImageDecoder, image_rows_figure
 from .encoders import SplitBrainEncoder
 from .lab import (ABQuantizer, l_bin_centers, lab_to_rgb, normalized_to_lab, quantize_l, scale_ab, scale_l, split_lab,
                   unscale_ab, unscale_l)
@@ -45,15 +46,11 @@ class SplitBrain(PretextTask):
             raise TypeError("SplitBrain needs a SplitBrainEncoder (build_encoder(..., wrapper='split_brain'))")
         if feature_dim != encoder.feature_dim:
             raise ValueError(f"feature_dim {feature_dim} differs from the encoder's {encoder.feature_dim} (net_l + net_ab)")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_choice("mode", mode, MODES)
         check_range("ab_bin_size", ab_bin_size, 2, 50, integer=True)
         self.l_bins = check_range("l_bins", l_bins, 2, 256, integer=True)
         check_range("decoder_width", decoder_width, 1, 1024, integer=True)
-        if output_stride not in (1, 2, 4):
-            raise ValueError(f"output_stride must be 1, 2 or 4, got {output_stride!r}")
-        self.output_stride = output_stride
+        self.output_stride = check_choice("output_stride", output_stride, (1, 2, 4))
         self.quantizer = ABQuantizer(ab_bin_size)
         classify = mode == "classification"
         self.decoder_ab = ImageDecoder(encoder.net_l.feature_dim, self.quantizer.num_bins if classify else 2,
