@@ -193,7 +193,7 @@ def wait_for_run(mlflow_server: str, experiment: str, kind: str, cluster: RayClu
 
 
 def test_a_submitted_sweep_runs_its_trials_on_both_nodes(cluster, mlflow_server, tmp_path):
-    cwd = project(tmp_path, mlflow_server, "clustersweep", epochs=2)
+    cwd = project(tmp_path, mlflow_server, "clustersweep", epochs=1)
     submitted = cluster.sslab("sweep", "sweep.yaml", cwd=cwd)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()

@@ -20,9 +20,10 @@ def test_quickstart_sweep_records_parent_nested_trials_and_beats_random_init(wor
     out = subprocess.run([os.path.join(BIN, "sslab"), "sweep", f"{ROOT}/examples/quickstart.yaml"],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    epochs = load_config(f"{ROOT}/examples/quickstart.yaml").train.epochs
+    config = load_config(f"{ROOT}/examples/quickstart.yaml")
+    epochs, n_trials = config.train.epochs, config.search.n_trials
     summary = json.loads(out.stdout[out.stdout.index("{"):])
-    assert sum(summary["trials"].get(state, 0) for state in ("COMPLETE", "PRUNED")) == 6
+    assert sum(summary["trials"].get(state, 0) for state in ("COMPLETE", "PRUNED")) == n_trials
     assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db" in out.stderr
     assert f"best trial {summary['best']['trial']}: downstream/knn_top1 = " in out.stderr
 
@@ -37,7 +38,7 @@ def test_quickstart_sweep_records_parent_nested_trials_and_beats_random_init(wor
         a.path for a in client.list_artifacts(parent.info.run_id)}
 
     trials = client.search_runs([experiment.experiment_id], "tags.`sslab.kind` = 'trial'")
-    assert len(trials) == 6
+    assert len(trials) == n_trials
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.params["temperature"] and run.data.params["batch_size"] in ("128", "256")

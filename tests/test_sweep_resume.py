@@ -23,7 +23,7 @@ from conftest import BIN, ROOT, marked_processes
 
 N_TRIALS = 4
 NAME = "resumesweep"
-TINY = ["train.epochs=2", "model.width=4", "eval.knn_k=20", "eval.embedding_map_points=100", "train.progress=false",
+TINY = ["train.epochs=1", "model.width=4", "eval.knn_k=20", "eval.embedding_map_points=100", "train.progress=false",
         "data.val_fraction=0.1", "eval.linear_probe=false", "eval.random_init_baseline=false",
         "resources.cpus_per_worker=1", f"name={NAME}"]
 SEARCH = {"objective": "downstream/knn_top1", "direction": "maximize", "sampler": "tpe", "pruner": "none",

@@ -16,6 +16,7 @@ averages them over the epoch and records them as `pretext/<name>`. Classificatio
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,16 @@ class PretextTask(nn.Module):
     @torch.no_grad()
     def figure(self, images: torch.Tensor):  # pragma: no cover - interface
         raise NotImplementedError
+
+    @contextmanager
+    def evaluating(self):
+        """Eval mode (batch-norm statistics, no dropout) for a figure, then the mode it was in."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -125,9 +125,7 @@ class Colorization(PretextTask):
 
     @torch.no_grad()
     def figure(self, images: torch.Tensor):
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             images = images[:8]
             l, ab, out = self._predict(images)
             pred_ab = self.quantizer.annealed_mean(out, self.temperature) if self.mode == "classification" else unscale_ab(out)
@@ -138,5 +136,3 @@ class Colorization(PretextTask):
                     (f"colourised ({how})", lab_to_rgb(torch.cat([l, pred_ab], 1))),
                     ("original", to_unit(images))]
             return image_rows_figure(rows)
-        finally:
-            self.train(was_training)

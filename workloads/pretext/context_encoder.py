@@ -76,13 +76,9 @@ class ContextEncoder(PretextTask):
 
     @torch.no_grad()
     def figure(self, images: torch.Tensor):
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             images = images[:8]
             masks, masked, recon = self._inpaint(images)
             filled = torch.where(masks, recon, images.float())  # the prediction pasted into the hole
             return image_rows_figure([(f"masked input ({self.mask}, {self.mask_fraction:.0%} of the area)", to_unit(masked)),
                                       ("inpainted (prediction in the hole)", to_unit(filled)), ("original", to_unit(images))])
-        finally:
-            self.train(was_training)

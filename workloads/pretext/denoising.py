@@ -49,14 +49,10 @@ class DenoisingAutoencoder(PretextTask):
 
     @torch.no_grad()
     def figure(self, images: torch.Tensor):
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             images = images[:8]
             noisy = self.corrupt(images)
             recon = self.decoder(self.encoder(noisy), out_size=images.shape[-2:]).float()
             how = f"gaussian, std {self.noise_std:g}" if self.noise == "gaussian" else f"{self.mask_fraction:.0%} of pixels masked"
             label = f"noisy input ({how})"
             return image_rows_figure([(label, to_unit(noisy)), ("reconstruction", to_unit(recon)), ("original", to_unit(images))])
-        finally:
-            self.train(was_training)

@@ -152,15 +152,11 @@ class ExemplarDiscrimination(PretextTask):
 
         With ids (the images' data-set indices) each distortion is titled with the predicted class.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             images = images[:count]
             rows = images.shape[0]
             views = torch.cat([self.distort(images) for _ in range(shown)])  # distortion-major
             predicted = self.head(self.encoder(views)).float().argmax(dim=1) if ids is not None else None
-        finally:
-            self.train(was_training)
         originals = to_unit(images.float()).permute(0, 2, 3, 1).cpu().numpy()
         pictures = to_unit(views.float()).permute(0, 2, 3, 1).cpu().numpy()
         fig = Figure(figsize=(1.8 * (shown + 1), 2.0 * rows + 0.5), layout="constrained")

@@ -148,16 +148,12 @@ class Jigsaw(PretextTask):
     def figure(self, images: torch.Tensor, count: int = 6) -> Figure:
         """Each image, its shuffled tiles (the input, with the true and predicted permutation index)
         and the tiles put back by the predicted permutation (the image again when right)."""
-        was_training = self.training
-        self.eval()  # BatchNorm running statistics, not the few figure images'
-        try:
+        with self.evaluating():  # BatchNorm running statistics, not the few figure images'
             with torch.random.fork_rng(devices=[]):  # same puzzles every epoch; training's RNG untouched
                 torch.manual_seed(0)
                 images = images[:count]
                 shuffled, labels = self.puzzles(images)
             predicted = self.logits(shuffled).argmax(dim=1)
-        finally:
-            self.train(was_training)
         restored = shuffle_tiles(shuffled, self.permutation_set[predicted].argsort(dim=1))
         fig = Figure(figsize=(2.0 * len(images), 6.6), layout="constrained")
         fig.suptitle("Jigsaw: image; shuffled tiles as the encoder sees them; tiles put back by the prediction")

@@ -79,16 +79,12 @@ class RelativePosition(PretextTask):
     def figure(self, images: torch.Tensor, count: int = 6) -> Figure:
         """Each image above its centre/neighbour pair, drawn where they were cut; a box marks the
         predicted position (green if right, red if wrong)."""
-        was_training = self.training
-        self.eval()  # BatchNorm running statistics, not the few figure images'
-        try:
+        with self.evaluating():  # BatchNorm running statistics, not the few figure images'
             with torch.random.fork_rng(devices=[]):  # same pairs every epoch; training's RNG untouched
                 torch.manual_seed(0)
                 images = images[:count]
                 patches, labels, corners = self.pairs(images)
             predicted = self.logits(patches).argmax(dim=1).cpu()
-        finally:
-            self.train(was_training)
         labels = labels.cpu()
         size = self.grid.grid_size
         side = self.grid.patch_size

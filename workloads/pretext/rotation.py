@@ -66,14 +66,10 @@ class RotationPrediction(PretextTask):
     @torch.no_grad()
     def figure(self, images: torch.Tensor, count: int = 4) -> Figure:
         """A few images in their 4 rotations, each titled with the true and predicted rotation."""
-        was_training = self.training
-        self.eval()  # BatchNorm running statistics, not the few figure images'
-        try:
+        with self.evaluating():  # BatchNorm running statistics, not the few figure images'
             images = images[:count]
             rotated, labels = rotate_all(images)
             predicted = self.logits(rotated).argmax(dim=1)
-        finally:
-            self.train(was_training)
         pictures = to_unit(rotated.float()).permute(0, 2, 3, 1).cpu().numpy()
         rows = images.shape[0]
         fig = Figure(figsize=(2.0 * ROTATIONS, 2.2 * rows + 0.4), layout="constrained")

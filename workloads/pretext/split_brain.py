@@ -83,9 +83,7 @@ class SplitBrain(PretextTask):
 
     @torch.no_grad()
     def figure(self, images: torch.Tensor):
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             images = images[:8]
             l, ab, out_ab, out_l = self._predict(images)
             if self.mode == "classification":
@@ -103,5 +101,3 @@ class SplitBrain(PretextTask):
                     ("ab: input of net_ab (shown at L=50)", lab_to_rgb(torch.cat([torch.full_like(l, 50.0), ab], 1))),
                     ("predicted L (net_ab)", lab_to_rgb(torch.cat([pred_l, zero_ab], 1)))]
             return image_rows_figure(rows)
-        finally:
-            self.train(was_training)
