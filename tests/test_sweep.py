@@ -35,21 +35,24 @@ def test_pruner_stops_trials_in_a_bad_region_and_marks_them(ray_local, workdir):
     assert result.counts.get("COMPLETE", 0) + len(pruned) == 5
 
 
-def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_the_invalid_combination(ray_local, workdir):
-    """A sweep over a pretext task's own hyperparameter (rotation's head width) and warmup_epochs, which
-    must be below epochs: the (epochs 1, warmup 1) points are FAILED trials with the reason, the others
-    run, and the sweep ends when the grid is exhausted although n_trials is larger."""
+def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_the_invalid_combination(ray_local, workdir, capsys):
+    """`sslab sweep examples/rotation.yaml` (in this process, on the test's Ray) over a pretext task's own
+    hyperparameter (rotation's head width) and warmup_epochs, which must be below epochs: the (epochs 1,
+    warmup 1) points are FAILED trials with the reason, the others run, and the sweep ends when the grid
+    is exhausted although n_trials is larger."""
     import json
+
+    from sslab.cli import main
 
     search = {**SEARCH, "sampler": "grid", "pruner": "none", "n_trials": 10, "max_concurrent_trials": 2,
               "space": {"workload.hidden": {"type": "categorical", "choices": [0, 16]},
                         "train.epochs": {"type": "categorical", "choices": [1]},
                         "train.warmup_epochs": {"type": "categorical", "choices": [0, 1]}}}
-    config = load_config(f"{ROOT}/examples/rotation.yaml",
-                         TINY + ["name=gridsweep", "data.val_fraction=0.5", "train.batch_size=256",
-                                 f"search={json.dumps(search)}"])
-    result = run_sweep(config)
-    assert result.counts == {"COMPLETE": 2, "FAIL": 2}
+    overrides = TINY + ["name=gridsweep", "data.val_fraction=0.5", "train.batch_size=256", f"search={json.dumps(search)}"]
+    assert main(["sweep", f"{ROOT}/examples/rotation.yaml", *[a for o in overrides for a in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["trials"] == {"COMPLETE": 2, "FAIL": 2}
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("gridsweep")
     runs = client.search_runs([experiment.experiment_id], "tags.`sslab.kind` = 'trial'")
@@ -60,4 +63,4 @@ def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_th
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert sorted(r.data.params["workload.hidden"] for r in finished) == ["0", "16"]
     assert all(r.data.params["workload"] == "rotation" and "pretext/accuracy" in r.data.metrics for r in finished)
-    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
