@@ -50,8 +50,8 @@ def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_th
                         "train.warmup_epochs": {"type": "categorical", "choices": [0, 1]}}}
     overrides = TINY + ["name=gridsweep", "data.val_fraction=0.5", "train.batch_size=256", f"search={json.dumps(search)}"]
     assert main(["sweep", f"{ROOT}/examples/rotation.yaml", *[a for o in overrides for a in ("--set", o)]]) == 0
-    out = capsys.readouterr().out
-    summary = json.loads(out[out.index("{"):])
+    out = capsys.readouterr().out  # the Ray workers' logs (log_to_driver), then the summary
+    summary = json.loads(out[out.rindex("\n{\n") + 1:])
     assert summary["trials"] == {"COMPLETE": 2, "FAIL": 2}
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("gridsweep")

@@ -61,10 +61,11 @@ class Driver:
         """The live processes it started (any generation): {pid: command line}."""
         return marked_processes(MARKER, self.tag, self.ray_tmp)
 
-    def wait_processes_gone(self, seconds: float) -> dict[int, str]:
-        """Wait for its processes to end; those still alive after `seconds`."""
+    def wait_processes_gone(self, seconds: float, ignoring: tuple[str, ...] = ()) -> dict[int, str]:
+        """Wait for its processes (but those whose command line is in `ignoring`) to end; those still
+        alive after `seconds`."""
         deadline = time.time() + seconds
-        while (left := self.processes()) and time.time() < deadline:
+        while (left := {p: c for p, c in self.processes().items() if c not in ignoring}) and time.time() < deadline:
             time.sleep(0.5)
         return left
 
@@ -119,9 +120,8 @@ def test_sweep_killed_mid_sweep_resumes_the_same_study(workdir):
         # Its Ray instance (started by ray.init: GCS, raylet, ... fate-share with the driver, the workers
         # with the raylet) dies with it. Ray's two agents notice the raylet's death at once but may take
         # a minute to exit (they try to report it to the dead GCS first): those are killed here, by pid.
-        survivors = driver.wait_processes_gone(30)
+        working = driver.wait_processes_gone(30, ignoring=("ray::DashboardAgent", "ray::RuntimeEnvAgent"))
         timings["its Ray processes gone"] = time.time() - started - timings["first driver, to the kill"]
-        working = {pid: c for pid, c in survivors.items() if c not in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")}
         assert not working, f"processes of the killed driver still alive 30 s after it: {working}"
         driver.kill_all()
 
