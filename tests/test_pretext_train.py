@@ -1,39 +1,11 @@
-"""Pretext workloads through the same Ray Train path, MLflow record and downstream evaluation as the
-contrastive one; one kind per encoder wrapper (plain backbone, lightness-in, split-brain halves)."""
+"""Pretext workload configs and every example's task without Ray: a step, and the encoder checkpoint
+round trip for each encoder wrapper (plain backbone, lightness-in, split-brain halves). The Ray Train
+path, MLflow record and `sslab eval` of a pretext run are checked by the grid sweep in test_sweep.py."""
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator.config_loader import ConfigError, load_config
-from orchestrator.evaluate_checkpoint import evaluate_checkpoint
-from orchestrator.train_run import run_training
 
 from conftest import ROOT
-
-TINY = ["train.epochs=2", "model.width=8", "eval.knn_k=20", "eval.embedding_map_points=100", "train.progress=false",
-        "data.val_fraction=0.1", "eval.linear_probe=false", "eval.random_init_baseline=false",
-        "resources.cpus_per_worker=1"]
-# through Ray: one kind (the pretext path is the same for all; every kind's task and encoder rebuild,
-# wrappers included, are checked without Ray below)
-WRAPPED = {"rotation": "pretext/accuracy"}
-
-
-@pytest.mark.parametrize("kind", sorted(WRAPPED))
-def test_pretext_run_records_its_metric_figure_and_an_encoder_that_sslab_eval_rebuilds(ray_local, workdir, kind):
-    config = load_config(f"{ROOT}/examples/{kind}.yaml", TINY + [f"name=tiny_{kind}"])
-    result = run_training(config)
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    run = client.get_run(result.run_id)
-    assert run.info.status == "FINISHED" and run.data.params["workload"] == kind
-    assert [m.step for m in client.get_metric_history(result.run_id, WRAPPED[kind])] == [0, 1]
-    assert {"encoder.pt", "embedding_map.png", f"{kind}.png"} <= {a.path for a in client.list_artifacts(result.run_id)}
-    knn = run.data.metrics["downstream/knn_top1"]
-    assert 0.0 <= knn <= 1.0
-
-    local = client.download_artifacts(result.run_id, "encoder.pt", str(workdir))
-    sample = "examples/data/cifar10_sample.parquet"
-    scores = evaluate_checkpoint(local, f"{sample}#split=train&val_fraction=0.1&seed=0",
-                                 f"{sample}#split=val&val_fraction=0.1&seed=0", linear_probe=False)
-    assert scores["downstream/knn_top1"] == pytest.approx(knn, abs=1e-9)
 
 
 def test_a_key_of_another_workload_kind_is_refused_with_the_kind_and_its_keys(workdir):

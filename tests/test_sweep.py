@@ -1,7 +1,9 @@
 """`sslab sweep`: an Optuna study as concurrent Ray Train trials, one MLflow parent run with nested trials."""
+import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config_loader import load_config
+from orchestrator.evaluate_checkpoint import evaluate_checkpoint
 from orchestrator.sweep import run_sweep
 
 from conftest import ROOT
@@ -39,7 +41,8 @@ def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_th
     """`sslab sweep examples/rotation.yaml` (in this process, on the test's Ray) over a pretext task's own
     hyperparameter (rotation's head width) and warmup_epochs, which must be below epochs: the (epochs 1,
     warmup 1) points are FAILED trials with the reason, the others run, and the sweep ends when the grid
-    is exhausted although n_trials is larger."""
+    is exhausted although n_trials is larger. A finished trial's record is a pretext run's: the task's
+    metric, its figure, an encoder that `sslab eval` rebuilds."""
     import json
 
     from sslab.cli import main
@@ -64,3 +67,14 @@ def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_th
     assert sorted(r.data.params["workload.hidden"] for r in finished) == ["0", "16"]
     assert all(r.data.params["workload"] == "rotation" and "pretext/accuracy" in r.data.metrics for r in finished)
     assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+
+    # A pretext trial's record: the task's metric per epoch, its figure, and an encoder that `sslab eval`
+    # rebuilds to the same downstream score.
+    run = finished[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "pretext/accuracy")] == [0]
+    assert {"encoder.pt", "embedding_map.png", "rotation.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    local = client.download_artifacts(run.info.run_id, "encoder.pt", str(workdir))
+    sample = "examples/data/cifar10_sample.parquet"
+    scores = evaluate_checkpoint(local, f"{sample}#split=train&val_fraction=0.5&seed=0",
+                                 f"{sample}#split=val&val_fraction=0.5&seed=0", linear_probe=False)
+    assert scores["downstream/knn_top1"] == pytest.approx(run.data.metrics["downstream/knn_top1"], abs=1e-9)

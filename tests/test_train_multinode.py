@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_two_workers_and_two_shards_spread_over_two_nodes(workdir):
     overrides = ["name=multinode", "resources.workers=2", "resources.cpus_per_worker=1", "train.batch_size=128",
-                 "train.epochs=2", "model.width=8", "train.progress=false", "eval.linear_probe=false",
+                 "train.epochs=1", "model.width=8", "train.progress=false", "eval.linear_probe=false",
                  "eval.random_init_baseline=false", "eval.knn_k=20", "eval.embedding_map_points=200",
                  "workload.loss=info_nce", "bank.mode=queue", "bank.size=1024", "bank.shards=2"]
     run_id = run_cluster_script(SCRIPT, [f"{ROOT}/examples/quickstart.yaml", *overrides], cwd=str(workdir))["run_id"]
