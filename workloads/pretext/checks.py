@@ -13,7 +13,7 @@ def check_range(name: str, value, low: float, high: float, *, integer: bool = Fa
     return value
 
 
-def check_choice(name: str, value, choices) -> str:
+def check_choice(name: str, value, choices):
     """Validate a hyperparameter that is one of a few named choices. Returns the value."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(str(c) for c in choices)}, got {value!r}")
