@@ -10,12 +10,14 @@ import urllib.request
 
 import pytest
 
+from orchestrator.ray_runtime import use_local_train_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "examples", "data", "cifar10_sample.parquet")
 BIN = os.path.dirname(sys.executable)
 # What ensure_ray sets for a local instance, here for every Ray the tests start (the fixture's, the
-# clusters' in subprocesses): Ray Train's controller polls its workers every 0.5 s instead of 2 s.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# clusters' in subprocesses inherit it).
+use_local_train_env()
 
 
 def free_port() -> int:
@@ -99,8 +101,6 @@ def s3_server():
 @pytest.fixture(scope="module")
 def images():
     """The first 256 sample images, normalised as the encoders see them."""
-    import torch  # noqa: F401 (the loader returns a uint8 tensor)
-
     from workloads.data.load import load_images
     from workloads.pretext.base import normalize
 
@@ -146,6 +146,23 @@ def marked_processes(marker: str, tag: str, path: str) -> dict[int, str]:
         if not zombie and (f"{marker}={tag}".encode() in environ or path in cmdline):
             found[int(entry)] = cmdline
     return found
+
+
+def wait_gone(find, seconds: float, ignoring: tuple[str, ...] = ()) -> dict[int, str]:
+    """Poll find() ({pid: command line}) until nothing but commands in `ignoring` is left, at most
+    `seconds`; what is left."""
+    deadline = time.time() + seconds
+    while (left := {p: c for p, c in find().items() if c not in ignoring}) and time.time() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def kill_pids(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_cluster_script(script: str, args: list[str], cwd: str, timeout: float = 420) -> dict:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, SAMPLE, free_port, marked_processes
+from conftest import BIN, SAMPLE, free_port, kill_pids, marked_processes, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -126,14 +126,7 @@ class RayCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        deadline = time.time() + 10
-        while (left := self.leftovers()) and time.time() < deadline:
-            time.sleep(0.5)
-        for pid in left:  # e.g. a job's driver, in a session of its own: by pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(wait_gone(self.leftovers, 10))  # e.g. a job's driver, in a session of its own: by pid
         time.sleep(1)
         assert not self.leftovers(), f"processes of the test cluster still alive: {self.leftovers()}"
         shutil.rmtree(self.temp, ignore_errors=True)

@@ -19,7 +19,7 @@ import uuid
 import optuna
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, ROOT, marked_processes
+from conftest import BIN, ROOT, kill_pids, marked_processes, wait_gone
 
 N_TRIALS = 4
 NAME = "resumesweep"
@@ -62,22 +62,13 @@ class Driver:
         return marked_processes(MARKER, self.tag, self.ray_tmp)
 
     def wait_processes_gone(self, seconds: float, ignoring: tuple[str, ...] = ()) -> dict[int, str]:
-        """Wait for its processes (but those whose command line is in `ignoring`) to end; those still
-        alive after `seconds`."""
-        deadline = time.time() + seconds
-        while (left := {p: c for p, c in self.processes().items() if c not in ignoring}) and time.time() < deadline:
-            time.sleep(0.5)
-        return left
+        return wait_gone(self.processes, seconds, ignoring)
 
     def kill_all(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        for pid in self.processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(self.processes())
         self.wait_processes_gone(10)
 
 
