@@ -44,6 +44,10 @@ class BankConfig(Section):
     key_momentum: float = Field(0.99, ge=0.0, lt=1.0, description="the MoCo key encoder's EMA momentum")
     cpus_per_shard: float = Field(0.0, ge=0.0, description="CPUs reserved per shard actor (0: placed by memory only)")
     snapshot_every: int = Field(20, ge=1, description="steps between shard snapshots (refill after a shard restart)")
+    shuffle_bn: Literal["none", "shuffle", "split"] = Field(
+        "none", description="the key encoder's BatchNorm: none (as the query's), shuffle (MoCo shuffle-BN across "
+                            "workers), split (bn_splits sub-batches per worker, key views shuffled: MoCo's CIFAR demo)")
+    bn_splits: int = Field(8, ge=2, description="shuffle_bn split: sub-batches per worker's batch")
 
 
 class ModelConfig(Section):
@@ -51,6 +55,8 @@ class ModelConfig(Section):
     width: int = Field(32, ge=4, le=1024, description="channels of the first stage (small_convnet)")
     projection_hidden_dim: int = Field(256, ge=1)
     projection_dim: int = Field(64, ge=1)
+    sync_batchnorm: bool = Field(True, description="BatchNorm statistics over the global batch of all the trial's "
+                                                   "workers (false: each worker's own rows); no effect on one worker")
 
 
 class TrainConfig(Section):
@@ -64,6 +70,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     progress: bool = True
+    global_negatives: bool = Field(True, description="in-batch losses see every worker's rows (the global batch); "
+                                                     "false: each worker's own rows only")
+    log_step_loss_every: int = Field(0, ge=0, description="log train/step_loss every N global steps (0: off)")
     max_failures: int = Field(0, ge=-1, description="Ray Train restarts from the last epoch's checkpoint this many times (-1: forever)")
 
     @model_validator(mode="after")
@@ -117,6 +126,27 @@ class SSLabConfig(Section):
         if self.train.batch_size % self.resources.workers:
             raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of resources.workers "
                              f"({self.resources.workers}): each worker takes an equal share of the batch")
+        return self
+
+    @model_validator(mode="after")
+    def _key_batchnorm_fits(self) -> "SSLabConfig":
+        bank, workers = self.bank, self.resources.workers
+        if bank.shuffle_bn == "none":
+            return self
+        if bank.mode == "none":
+            raise ValueError(f"bank.shuffle_bn {bank.shuffle_bn!r} is for the MoCo key encoder of a bank; bank.mode "
+                             "is 'none': set bank.mode (queue or instance) or bank.shuffle_bn: none")
+        if bank.shuffle_bn == "shuffle" and workers == 1:
+            raise ValueError("bank.shuffle_bn 'shuffle' permutes keys across workers and resources.workers is 1: "
+                             "on one worker use bank.shuffle_bn: split (per-sub-batch BN, as MoCo's CIFAR demo)")
+        if workers > 1 and self.model.sync_batchnorm:
+            raise ValueError(f"bank.shuffle_bn {bank.shuffle_bn!r} normalises keys per worker, but "
+                             "model.sync_batchnorm is true (BN over the global batch needs no shuffle): set "
+                             "model.sync_batchnorm: false, or bank.shuffle_bn: none")
+        per_worker = self.train.batch_size // workers
+        if bank.shuffle_bn == "split" and per_worker % bank.bn_splits:
+            raise ValueError(f"bank.bn_splits ({bank.bn_splits}) must divide each worker's batch ({per_worker} = "
+                             f"train.batch_size / resources.workers) into equal sub-batches")
         return self
 
     @model_validator(mode="after")

@@ -4,9 +4,10 @@ It runs in the Ray Train controller, so one process writes a run's record and th
 free of MLflow: metrics from every worker's report, artifacts from the reported checkpoint.
 """
 import os
+import time
 
 import ray.train
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .tracking import log_metrics
@@ -14,6 +15,15 @@ from .tracking import log_metrics
 SUMMED = {"train/images_per_s"}  # throughput adds up over workers
 MAXED = {"bank/shard_restarts"}  # every worker sees the same restarts of the one shared bank
 # everything else is averaged over workers
+
+
+def step_loss_means(metrics: list[dict]) -> dict[int, float]:
+    """Global step -> the step's loss averaged over the workers that reported it (train.log_step_loss_every)."""
+    per_step: dict[int, list[float]] = {}
+    for report in metrics:
+        for step, loss in report.get("sslab.step_losses", ()):
+            per_step.setdefault(int(step), []).append(float(loss))
+    return {step: sum(losses) / len(losses) for step, losses in per_step.items()}
 
 
 class MlflowReportCallback(ray.train.UserCallback):
@@ -36,6 +46,11 @@ class MlflowReportCallback(ray.train.UserCallback):
             numeric[key] = sum(values) if key in SUMMED else max(values) if key in MAXED else sum(values) / len(values)
         if numeric:
             log_metrics(client, self.run_id, numeric, step=int(lead.get("epoch", 0)))
+        step_losses = step_loss_means(metrics)
+        if step_losses:
+            now = int(time.time() * 1000)
+            client.log_batch(self.run_id, metrics=[Metric("train/step_loss", loss, now, step)
+                                                   for step, loss in sorted(step_losses.items())])
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 if os.path.exists(os.path.join(folder, "encoder.pt")):  # the final one; per-epoch state stays in Ray storage

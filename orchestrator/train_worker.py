@@ -14,7 +14,8 @@ from workloads.train_loop import epoch_shard, train_epoch, warmup_cosine
 
 from .config import SSLabConfig
 from .final_report import report_final
-from .learners import backbone_kwargs, build_learner, encoder_of, task_figure
+from .learners import (backbone_kwargs, batchnorm_for_workers, build_learner, encoder_of, key_encoder_for, task_figure,
+                       unwrap)
 from .train_state import latest_state, report_epoch
 
 
@@ -69,9 +70,10 @@ def train_worker(loop_config: dict) -> None:
 
     bank = loop_config.get("bank")
     pretext = config.workload.kind != "contrastive"
-    learner, key_encoder, objective = build_learner(config, bank, len(train))
+    learner, objective = build_learner(config, bank, len(train))
+    learner = batchnorm_for_workers(learner, config, world, device)
     optimizer = build_optimizer(learner.parameters(), config.train)
-    steps_per_epoch = (len(train) // world) // per_worker_batch
+    steps_per_epoch = len(train) // config.train.batch_size  # global batches: the same on every rank
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
     resumed, first_epoch, first_metrics = latest_state(), 0, {
         "sslab.data_hash": train.content_hash, "sslab.node_id": ray.get_runtime_context().get_node_id()}
@@ -81,12 +83,6 @@ def train_worker(loop_config: dict) -> None:
         scheduler.load_state_dict(resumed["scheduler"])
         first_epoch = resumed["epoch"] + 1
         first_metrics["train/resumed_from_epoch"] = first_epoch
-        if key_encoder is not None:
-            key_encoder.load_state_dict(resumed["key_encoder"])
-            if rank == 0:
-                bank.load_state_dict(resumed["bank"])
-            if world > 1:
-                torch.distributed.barrier()  # nobody queries the bank before it is restored
     elif rank == 0 and config.eval.random_init_baseline:
         first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), train, val, device))
     channels_last = device.type == "cuda"  # bf16 tensor-core convolutions want NHWC; autotune them too
@@ -95,14 +91,23 @@ def train_worker(loop_config: dict) -> None:
         learner = learner.to(memory_format=torch.channels_last)
         train.images = train.images.to(device)  # uint8 and decoded once: index batches on the GPU
     learner = ray.train.torch.prepare_model(learner)
-    if key_encoder is not None:
-        key_encoder.encoder.to(device)
+    key_encoder = None
+    if objective is not None:
+        key_encoder = key_encoder_for(learner, config)  # from the DDP-synchronised query encoder
+        if resumed:
+            key_encoder.load_state_dict(resumed["key_encoder"])
+            key_encoder.synchronise()  # rank 0's state on every rank
+            if rank == 0:
+                bank.load_state_dict(resumed["bank"])
+            if world > 1:
+                torch.distributed.barrier()  # nobody queries the bank before it is restored
     augment = SimCLRAugment(config.data.image_size, **config.augment.model_dump()).to(device)
 
     progress = _progress_bar(config, rank, steps_per_epoch, first_epoch)
-    tick = (lambda step, loss: progress.update(1)) if progress else None
     for epoch in range(first_epoch, config.train.epochs):
-        indices = epoch_shard(len(train), epoch, config.seed, rank, world)
+        indices = epoch_shard(len(train), epoch, config.seed, rank, world, config.train.batch_size)
+        step_losses: list[list[float]] = []
+        tick = _step_hook(progress, config.train.log_step_loss_every, epoch * steps_per_epoch, step_losses)
         task_metrics = {}
         if pretext:
             stats, task_metrics = pretext_train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device),
@@ -116,6 +121,8 @@ def train_worker(loop_config: dict) -> None:
                                           config.train.precision, on_step=tick)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s,
                    **{f"pretext/{name}": value for name, value in task_metrics.items()}}
+        if step_losses:
+            metrics["sslab.step_losses"] = step_losses
         if epoch == first_epoch:
             metrics.update(first_metrics)
         if bank is not None:
@@ -124,8 +131,7 @@ def train_worker(loop_config: dict) -> None:
             progress.set_description(f"epoch {epoch + 1}/{config.train.epochs} loss {stats.loss:.3f}")
         state = None
         if rank == 0:
-            plain = learner.module if hasattr(learner, "module") else learner
-            state = {"learner": plain.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"learner": unwrap(learner).state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch}
             if bank is not None:
                 state.update(key_encoder=key_encoder.state_dict(), bank=bank.state_dict())
@@ -142,10 +148,24 @@ def train_worker(loop_config: dict) -> None:
     if rank != 0:
         ray.train.report({"epoch": config.train.epochs})
         return
-    plain = learner.module if hasattr(learner, "module") else learner
-    figures = {f"{config.workload.kind}.png": task_figure(plain, val, device)} if pretext else {}
+    figures = {f"{config.workload.kind}.png": task_figure(unwrap(learner), val, device)} if pretext else {}
     report_final(config, encoder_of(learner), backbone_kwargs(config), train, val, device, figures=figures,
                  encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)
+
+
+def _step_hook(progress, every: int, first_step: int, step_losses: list):
+    """The loops' on_step: the progress bar, and every `every` global steps the step's loss
+    ([global step, loss], reported with the epoch and logged as train/step_loss)."""
+    if progress is None and not every:
+        return None
+
+    def on_step(step: int, loss: torch.Tensor) -> None:
+        if progress is not None:
+            progress.update(1)
+        if every and (first_step + step) % every == 0:
+            step_losses.append([first_step + step, float(loss)])
+
+    return on_step
 
 
 def _progress_bar(config: SSLabConfig, rank: int, steps_per_epoch: int, first_epoch: int):

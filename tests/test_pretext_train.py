@@ -39,7 +39,7 @@ def test_each_example_builds_trains_a_step_and_its_encoder_checkpoint_round_trip
     config = load_config(f"examples/{kind}.yaml", ["model.width=4"])
     torch.manual_seed(0)
     images = load_images(config.data.uri).images[:64]
-    task, _, _ = build_learner(config, None, num_images=64)
+    task, _ = build_learner(config, None, num_images=64)
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-3)
     stats, metrics = pretext_train_epoch(task, optimizer, None, images, torch.arange(64), 32, torch.device("cpu"))
     assert stats.steps == 2 and torch.isfinite(torch.tensor(stats.loss)) and metrics

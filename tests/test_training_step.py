@@ -38,12 +38,29 @@ def test_unknown_loss_is_rejected():
         learner("simclr")
 
 
-def test_epoch_shards_are_disjoint_cover_and_change_per_epoch():
-    shards = [epoch_shard(103, epoch=2, seed=1, rank=r, world_size=3) for r in range(3)]
+def test_epoch_shards_are_disjoint_equal_and_change_per_epoch():
+    shards = [epoch_shard(103, epoch=2, seed=1, rank=r, world_size=3, batch_size=12) for r in range(3)]
+    assert [len(s) for s in shards] == [8 * 4] * 3, "8 full global batches of 12: 4 images per worker per step"
     joined = torch.cat(shards)
-    assert sorted(joined.tolist()) == list(range(103))
-    assert not torch.equal(epoch_shard(103, 3, 1, 0, 3), shards[0])
-    assert torch.equal(epoch_shard(103, 2, 1, 0, 3), shards[0])
+    assert len(set(joined.tolist())) == 96 and set(joined.tolist()) <= set(range(103))
+    assert not torch.equal(epoch_shard(103, 3, 1, 0, 3, 12), shards[0])
+    assert torch.equal(epoch_shard(103, 2, 1, 0, 3, 12), shards[0])
+
+
+@pytest.mark.parametrize("samples,world,batch", [(103, 3, 12), (100, 4, 8), (50, 2, 50), (77, 7, 14)])
+def test_epoch_shards_are_the_one_worker_global_batch_cut_in_rank_order(samples, world, batch):
+    one = epoch_shard(samples, epoch=1, seed=3, rank=0, world_size=1, batch_size=batch)
+    shards = [epoch_shard(samples, 1, 3, r, world, batch) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1, "every worker has the same number of steps"
+    per = batch // world
+    for step in range(samples // batch):
+        global_batch = torch.cat([s[step * per : (step + 1) * per] for s in shards])
+        assert torch.equal(global_batch, one[step * batch : (step + 1) * batch])
+
+
+def test_epoch_shard_rejects_a_batch_that_does_not_split():
+    with pytest.raises(ValueError, match="multiple of the 3 workers"):
+        epoch_shard(100, 0, 0, 0, 3, batch_size=10)
 
 
 def test_train_epoch_lowers_the_loss_and_reports_throughput():

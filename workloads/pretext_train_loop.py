@@ -1,7 +1,7 @@
 """One pretext-task training epoch in plain PyTorch: uint8 batches -> light augmentation -> task -> step.
 
 The pretext counterpart of workloads/train_loop.py's train_epoch (same EpochStats, full batches
-only, autocast, scheduler stepped per step, on_step every step with the loss every 10th): each
+only, autocast, scheduler stepped per step, on_step every step with the detached loss): each
 batch moves to the device as uint8, becomes float in [0, 1], gets the standard CIFAR augmentation
 (random crop with 4-px reflect padding, horizontal flip; per-sample parameters from torch's global
 CPU generator), is normalised, and the task builds its own inputs and labels from it:
@@ -50,7 +50,7 @@ def pretext_train_epoch(
     device: torch.device,
     precision: str = "auto",
     augment: bool = True,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[EpochStats, dict[str, float]]:
     """Train `task` (a PretextTask, or a DDP wrapper of one) for one epoch over `indices`.
 
@@ -83,7 +83,7 @@ def pretext_train_epoch(
             value = value.detach().float()
             sums[name] = sums[name] + value if name in sums else value
         if on_step is not None:
-            on_step(step, float(out.loss.detach()) if step % 10 == 0 else float("nan"))
+            on_step(step, out.loss.detach())
     seconds = time.perf_counter() - start
     stats = EpochStats(
         loss=float(total) / steps,

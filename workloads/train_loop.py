@@ -21,10 +21,19 @@ class EpochStats:
     steps: int
 
 
-def epoch_shard(num_samples: int, epoch: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
-    """The same seeded permutation on every worker, each taking every world_size-th index."""
+def epoch_shard(num_samples: int, epoch: int, seed: int, rank: int, world_size: int, batch_size: int) -> torch.Tensor:
+    """This worker's data-set ids for the epoch, in step order: batches of batch_size // world_size.
+
+    One seeded permutation, the same on every worker, cut into global batches of `batch_size` (the
+    remainder dropped, the same way everywhere); worker r takes the r-th contiguous chunk of each. So
+    every worker has the same number of steps, and the workers' chunks of step s, concatenated in rank
+    order, are exactly the global batch one worker would train on at step s.
+    """
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {world_size} workers")
+    steps = full_batches(num_samples, batch_size)
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[rank::world_size]
+    return order[: steps * batch_size].view(steps, world_size, -1)[:, rank].reshape(-1)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -53,13 +62,15 @@ def train_epoch(
     batch_size: int,
     device: torch.device,
     precision: str = "auto",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
     channels_last: bool = False,
 ) -> EpochStats:
     """Full batches only (drop_last), so every step sees batch_size images.
 
     channels_last: feed the views in NHWC layout (for a model converted with
     .to(memory_format=torch.channels_last)); bf16 convolutions on tensor cores want it.
+    on_step(step, loss): after every step, with the step's detached loss tensor (reading its value
+    is a device sync: the caller decides how often).
     """
     learner.train()
     steps = full_batches(len(indices), batch_size)
@@ -80,7 +91,7 @@ def train_epoch(
             scheduler.step()
         total += loss.detach()
         if on_step is not None:
-            on_step(step, float(loss.detach()) if step % 10 == 0 else float("nan"))
+            on_step(step, loss.detach())
     seconds = time.perf_counter() - start
     return EpochStats(
         loss=float(total) / steps,
