@@ -2,8 +2,10 @@
 
 The actor keeps the shard's keys and runs, where they live, the math that only ever sends
 O(B * D) back: partial log-sum-exp statistics (`partial_lse`), top-k (`topk`), uniform draws
-(`sample`). `orchestrator.memory_bank.ShardedMemoryBank` is the client; read its docstring for the
-semantics. What this file implements, per message:
+(`sample`, with their image ids). Every key is stored with its image id (the pushes carry them in
+both modes), and a query's `query_ids` exclude its own id's keys (`BankShard`,
+workloads.bank.own_id). `orchestrator.memory_bank.ShardedMemoryBank` is the client; read its
+docstring for the semantics. What this file implements, per message:
 
 - Ordering. asyncio actors execute out of order (Ray's rule), so every message carries the sending
   bank copy's id and a per-shard sequence number, and the actor runs each copy's messages one at a
@@ -117,7 +119,7 @@ class ShardServer:
         if rows.shape[0] == 0:
             return
         if self.shard.mode == "queue":
-            self.shard.push(rows)
+            self.shard.push(rows, ids)  # ids None (an older caller): unknown, -1
         else:
             self.shard.update(ids, rows)
 
@@ -233,20 +235,24 @@ class ShardServer:
         finally:
             await self._done(copy, seq)
 
-    async def partial_lse(self, copy, seq, inc, step, can_refill, timeout, query, temperature):
+    async def partial_lse(self, copy, seq, inc, step, can_refill, timeout, query, temperature,
+                          query_ids=None):
         return await self._query(copy, seq, inc, step, can_refill, timeout,
-                                 lambda: self.shard.partial_lse(query, temperature))
+                                 lambda: self.shard.partial_lse(query, temperature, query_ids))
 
-    async def topk(self, copy, seq, inc, step, can_refill, timeout, query, k):
+    async def topk(self, copy, seq, inc, step, can_refill, timeout, query, k, query_ids=None):
         return await self._query(copy, seq, inc, step, can_refill, timeout,
-                                 lambda: self.shard.topk(query, k))
+                                 lambda: self.shard.topk(query, k, query_ids))
 
     async def sample(self, copy, seq, inc, step, can_refill, timeout, n):
+        """(keys [n, D], their ids [n])."""
         return await self._query(copy, seq, inc, step, can_refill, timeout,
-                                 lambda: self.shard.sample(n, self.generator))
+                                 lambda: self.shard.sample(n, self.generator, with_ids=True))
 
     async def contents(self, copy, seq, inc, step, can_refill, timeout):
-        return await self._query(copy, seq, inc, step, can_refill, timeout, self.shard.contents)
+        """(keys [count, D], their ids [count])."""
+        return await self._query(copy, seq, inc, step, can_refill, timeout,
+                                 lambda: self.shard.contents(with_ids=True))
 
     async def snapshot(self, copy, seq, inc, step, can_refill, timeout):
         """(reply, state): the shard's whole state (held pushes and exactly-once records

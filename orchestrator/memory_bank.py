@@ -20,6 +20,10 @@ Semantics (tests/test_memory_bank.py checks each):
   `size` must be divisible by `num_shards`. `instance` (InstDisc): one entry per sample id in
   [0, size), v <- normalize(m v + (1 - m) f); shard s holds ids [s c, (s + 1) c), c = ceil(size / S).
   Keys are stored in `dtype` (float32, float16 or bfloat16); the math runs in float32.
+- Own image. Every key is stored with its image id (push(keys, ids): queue ids travel with their
+  keys, None stores -1 = unknown; instance: the entry's id). Queries given `query_ids` exclude each
+  row's own id's keys on the shards (workloads.bank.own_id): info_nce stays exact over the rest,
+  hardest never returns them; sample(n, with_ids=True) returns the draws' ids for the caller.
 - Routing of queue rows (exact with several pushers). Row j of the push (step, rank) of n rows has
   stream position g = (step * world_size + rank) * n + j, and goes to shard g % S; each shard keeps
   the last size / S of its rows. A single pusher without steps uses a row counter instead,
@@ -75,7 +79,8 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from workloads.bank import exact_info_nce, merge_partials
+from workloads.bank import exact_info_nce, merge_partials, merge_topk
+from workloads.bank.own_id import check_ids
 
 try:  # newer Ray
     from ray.exceptions import ActorUnavailableError
@@ -143,11 +148,11 @@ class PendingInfoNCE(PendingQuery):
     """`bank.request_info_nce(query, temperature)`: partials on their way; loss(positive) merges them
     into the exact InfoNCE, differentiable w.r.t. query and positive (the query given here)."""
 
-    def __init__(self, bank, query: torch.Tensor, temperature: float, step):
+    def __init__(self, bank, query: torch.Tensor, temperature: float, step, query_ids=None):
         self.query, self.temperature = query, float(temperature)
         q = query.detach().to("cpu", torch.promote_types(query.dtype, torch.float32)).clone()
         ref = ray.put(q)
-        super().__init__(bank, "partial_lse", step, lambda s: (ref, self.temperature),
+        super().__init__(bank, "partial_lse", step, lambda s: (ref, self.temperature, query_ids),
                          lambda replies: merge_partials([r["result"] for r in replies]),
                          _nbytes(q) * bank.num_shards)
 
@@ -215,7 +220,7 @@ class ShardedMemoryBank:
 
         ensure_ray()
         itemsize = torch.empty(0, dtype=DTYPES[dtype_name]).element_size()
-        bundle = {"memory": max(1 << 20, c * dim * itemsize)}
+        bundle = {"memory": max(1 << 20, c * (dim * itemsize + 8))}  # keys and their int64 ids
         if num_cpus > 0:
             bundle["CPU"] = float(num_cpus)
         self.bundle = bundle
@@ -382,16 +387,21 @@ class ShardedMemoryBank:
             raise _bad("step", step, "None or an int >= 0 (the global training step of the query)")
         return step
 
-    def _check_query(self, query, name: str = "query") -> None:
+    def _check_query(self, query, name: str = "query", query_ids=None):
+        """None, or query_ids as a CPU long tensor [B] (ValueError when they do not fit)."""
         if not (isinstance(query, torch.Tensor) and query.is_floating_point() and query.ndim == 2
                 and query.shape[0] >= 1 and query.shape[1] == self.dim):
             raise _bad(name, list(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__,
                        f"a floating tensor [B, {self.dim}] with B >= 1")
+        if query_ids is not None:
+            return check_ids(query_ids, query.shape[0], "ShardedMemoryBank: query_ids").cpu()
+        return None
 
     # ---- the bank ---------------------------------------------------------------------------
 
     def push(self, keys: torch.Tensor, ids=None, step: int | None = None, rank: int = 0) -> None:
-        """Queue: append keys [B, D]. Instance: ids [B] (sample ids in [0, size)) are required.
+        """Queue: append keys [B, D] with their image ids [B] (None: -1, unknown). Instance: ids
+        [B] (sample ids in [0, size)) are required.
         Fire and forget; idempotent by (step, rank) when step is given (see the module docstring)."""
         self._check_open()
         start = time.perf_counter()
@@ -416,20 +426,15 @@ class ShardedMemoryBank:
         S = self.num_shards
         if self.mode == "queue":
             if ids is not None:
-                raise _bad("ids", "a tensor", "None in mode='queue' (ids are for mode='instance')")
+                ids = check_ids(torch.as_tensor(ids).detach().cpu(), n, "ShardedMemoryBank: push")
             base = (step * self.world_size + rank) * n if step is not None else self._counter
             dtype = DTYPES[self.dtype]
-            parts = [(keys[(s - base) % S::S].to(dtype).clone(memory_format=torch.contiguous_format), None)
-                     for s in range(S)]
+            parts = [(keys[(s - base) % S::S].to(dtype).clone(memory_format=torch.contiguous_format),
+                      None if ids is None else ids[(s - base) % S::S].clone()) for s in range(S)]
         else:
             if ids is None:
                 raise _bad("ids", None, f"an integer tensor [{n}] of sample ids in [0, {self.size}) in mode='instance'")
-            ids = torch.as_tensor(ids).detach().to("cpu")
-            if ids.shape != (n,) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-                raise _bad("ids", f"{ids.dtype} {list(ids.shape)}", f"an integer tensor [{n}]")
-            ids = ids.long()
-            if n and (int(ids.min()) < 0 or int(ids.max()) >= self.size):
-                raise _bad("ids", f"values in [{int(ids.min())}, {int(ids.max())}]", f"in [0, {self.size})")
+            ids = check_ids(torch.as_tensor(ids).detach().cpu(), n, "ShardedMemoryBank: push", 0, self.size)
             owner = ids // self.shard_capacity
             parts = [(keys[owner == s].float().contiguous(), ids[owner == s].clone()) for s in range(S)]
         self._stepped = step is not None
@@ -454,69 +459,75 @@ class ShardedMemoryBank:
         self._window["pushes"] += 1
         self._window["bytes"] += nbytes
 
-    def request_info_nce(self, query: torch.Tensor, temperature: float, step: int | None = None) -> PendingInfoNCE:
+    def request_info_nce(self, query: torch.Tensor, temperature: float, step: int | None = None,
+                         query_ids=None) -> PendingInfoNCE:
         """Start the exact InfoNCE now; `.loss(positive)` later (the overlap API)."""
-        self._check_query(query)
+        query_ids = self._check_query(query, query_ids=query_ids)
         if isinstance(temperature, torch.Tensor) or isinstance(temperature, bool) \
                 or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise _bad("temperature", temperature, "a number > 0")
-        return PendingInfoNCE(self, query, temperature, self._query_step(step))
+        return PendingInfoNCE(self, query, temperature, self._query_step(step), query_ids)
 
     def info_nce(self, query: torch.Tensor, positive: torch.Tensor, temperature: float,
-                 step: int | None = None) -> torch.Tensor:
-        """Exactly info_nce_loss(query, positive, keys(), temperature); differentiable w.r.t.
-        query and positive."""
+                 step: int | None = None, query_ids=None) -> torch.Tensor:
+        """Exactly info_nce_loss(query, positive, negatives, temperature), row b's negatives being
+        the keys not of id query_ids[b] (all keys without query_ids); differentiable w.r.t. query
+        and positive."""
         self._check_query(positive, "positive")
-        return self.request_info_nce(query, temperature, step).loss(positive)
+        return self.request_info_nce(query, temperature, step, query_ids).loss(positive)
 
-    def request_hardest(self, query: torch.Tensor, k: int, step: int | None = None) -> PendingQuery:
-        self._check_query(query)
+    def request_hardest(self, query: torch.Tensor, k: int, step: int | None = None,
+                        query_ids=None) -> PendingQuery:
+        query_ids = self._check_query(query, query_ids=query_ids)
         if not (_is_int(k) and k >= 1):
             raise _bad("k", k, "an int >= 1")
         q = query.detach().to("cpu", torch.promote_types(query.dtype, torch.float32)).clone()
         ref, device = ray.put(q), query.device
 
         def finish(replies):
-            sims = torch.cat([r["result"][0] for r in replies], 1)
-            keys = torch.cat([r["result"][1] for r in replies], 1)
-            top = sims.topk(min(k, sims.shape[1]), dim=1).indices
-            return keys.gather(1, top[..., None].expand(-1, -1, self.dim)).to(device)
+            return merge_topk([r["result"] for r in replies], k, self.dim).to(device)
 
-        return PendingQuery(self, "topk", self._query_step(step), lambda s: (ref, k), finish,
+        return PendingQuery(self, "topk", self._query_step(step), lambda s: (ref, k, query_ids), finish,
                             _nbytes(q) * self.num_shards)
 
-    def hardest(self, query: torch.Tensor, k: int, step: int | None = None) -> torch.Tensor:
-        """[B, k', D] float32, k' = min(k, keys held): per query the keys with the largest dot
-        product, most similar first, selected on the shards."""
-        return self.request_hardest(query, k, step).result()
+    def hardest(self, query: torch.Tensor, k: int, step: int | None = None, query_ids=None) -> torch.Tensor:
+        """[B, k', D] float32: per query the keys with the largest dot product, most similar first,
+        selected on the shards, none of the query's own id; k' = min(k, the fewest such keys)."""
+        return self.request_hardest(query, k, step, query_ids).result()
 
-    def request_sample(self, n: int, step: int | None = None) -> PendingQuery:
+    def request_sample(self, n: int, step: int | None = None, with_ids: bool = False) -> PendingQuery:
         if not (_is_int(n) and n >= 0):
             raise _bad("n", n, "an int >= 0")
 
         def finish(replies):
             counts = torch.tensor([r["count"] for r in replies], dtype=torch.float64)
             if n == 0 or counts.sum() == 0:
-                return torch.zeros(0, self.dim)
-            owner = torch.multinomial(counts, n, replacement=True, generator=self._generator)
-            per_shard = torch.bincount(owner, minlength=self.num_shards).tolist()
-            out = torch.cat([r["result"][:m] for r, m in zip(replies, per_shard)])
-            return out[torch.randperm(n, generator=self._generator)]
+                keys, ids = torch.zeros(0, self.dim), torch.zeros(0, dtype=torch.long)
+            else:
+                owner = torch.multinomial(counts, n, replacement=True, generator=self._generator)
+                per_shard = torch.bincount(owner, minlength=self.num_shards).tolist()
+                order = torch.randperm(n, generator=self._generator)
+                keys, ids = (torch.cat([r["result"][i][:m] for r, m in zip(replies, per_shard)])[order]
+                             for i in (0, 1))
+            return (keys, ids) if with_ids else keys
 
         # every shard draws n (one round trip, O(n D S)); the client keeps m_s ~ Multinomial(counts)
         return PendingQuery(self, "sample", self._query_step(step), lambda s: (n,), finish, 0)
 
-    def sample(self, n: int, step: int | None = None) -> torch.Tensor:
-        """[n, D] float32 keys drawn uniformly with replacement from the whole bank."""
-        return self.request_sample(n, step).result()
+    def sample(self, n: int, step: int | None = None, with_ids: bool = False):
+        """[n, D] float32 keys drawn uniformly with replacement from the whole bank; with_ids:
+        (keys, their image ids [n])."""
+        return self.request_sample(n, step, with_ids).result()
 
-    def keys(self, step: int | None = None) -> torch.Tensor:
+    def keys(self, step: int | None = None, with_ids: bool = False):
         """[n, D] float32, the contents (queue: order free; instance: row i is id i), as a query
-        at `step` would see them (by default, after every push of this copy)."""
+        at `step` would see them (by default, after every push of this copy); with_ids: (keys,
+        their image ids [n])."""
         self._check_open()
         step = self._query_step(step)
         replies = self._finish(self._submit("contents", step, lambda s: ()), "contents", step, lambda s: ())
-        return torch.cat([r["result"] for r in replies])
+        keys, ids = (torch.cat([r["result"][i] for r in replies]) for i in (0, 1))
+        return (keys, ids) if with_ids else keys
 
     def flush(self) -> None:
         """Wait until every push sent by this copy has reached its shard."""

@@ -43,16 +43,49 @@ def test_the_query_never_sees_keys_of_its_own_step():
     seen = []
     real = bank.info_nce
 
-    def spy(query, positive, temperature, step=None):
+    def spy(query, positive, temperature, step=None, query_ids=None):
         seen.append(len(bank.keys()))
         expected = info_nce_loss(query, positive, bank.keys(), temperature)
-        value = real(query, positive, temperature, step=step)
+        value = real(query, positive, temperature, step=step, query_ids=query_ids)
         assert torch.allclose(value, expected, atol=1e-5)
         return value
 
     bank.info_nce = spy
     run_epoch(encoder, keys, objective, optimizer, torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8))
     assert seen == [0, 8, 16, 24]
+
+
+@pytest.mark.parametrize("negatives,loss", [("exact", "info_nce"), ("hardest", "triplet"), ("sampled", "info_nce")])
+def test_keys_are_pushed_with_their_image_ids_and_queries_pass_theirs(negatives, loss):
+    # a queue that holds more than one epoch: in epoch 2 every query's own image is in the bank
+    bank = LocalBank(size=48, dim=8)
+    encoder, keys, objective, optimizer = setup(bank, negatives, loss)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    asked = []
+    for name in ("info_nce", "hardest"):
+        real = getattr(bank, name)
+
+        def spy(*args, real=real, **kwargs):
+            asked.append(kwargs["query_ids"].tolist())
+            return real(*args, **kwargs)
+
+        setattr(bank, name, spy)
+    real_sample = bank.sample
+
+    def sample_spy(n, step=None, with_ids=False):
+        assert with_ids  # the objective needs the draws' ids to drop each query's own
+        asked.append(None)
+        return real_sample(n, step=step, with_ids=with_ids)
+
+    bank.sample = sample_spy
+    run_epoch(encoder, keys, objective, optimizer, images)
+    run_epoch(encoder, keys, objective, optimizer, images, first_step=2)
+    held, ids = bank.keys(with_ids=True)
+    assert ids.tolist() == list(range(16)) * 2  # FIFO, each key beside its image's id
+    if negatives == "sampled":
+        assert asked == [None] * 4
+    else:
+        assert asked == [list(range(8)), list(range(8, 16))] * 2
 
 
 def test_instance_bank_updates_the_entries_of_the_batch_ids():

@@ -1,6 +1,6 @@
 """ShardedMemoryBank on a real local Ray (the session's `ray_local`): exactness against the local
 formulas and LocalBank, queue and instance semantics, exactly-once pushes, the staleness bound,
-a shard restart, checkpoints. The multi-node placement test is tests/test_memory_bank_cluster.py.
+a shard restart, checkpoints, and that no query's own image is its negative. The multi-node placement test is tests/test_memory_bank_cluster.py.
 
 Banks are created once per module (lazily) and emptied with reset() between tests: every shard
 is an actor process, and starting one costs seconds on a small machine."""
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.memory_bank import BankTimeoutError, ShardedMemoryBank
+from own_id_checks import check_own_id, own_case
 from workloads.bank import LocalBank, NegativeBank
 from workloads.losses import info_nce_loss
 
@@ -22,7 +23,9 @@ CONFIGS = {
     "q1": dict(size=K, dim=DIM, num_shards=1),
     "q2": dict(size=K, dim=DIM, num_shards=2, world_size=2),
     "q4": dict(size=K, dim=DIM, num_shards=4),
+    "i1": dict(size=30, dim=8, num_shards=1, mode="instance", momentum=0.5),
     "i2": dict(size=30, dim=8, num_shards=2, mode="instance", momentum=0.5),
+    "i4": dict(size=30, dim=8, num_shards=4, mode="instance", momentum=0.5),
 }
 
 
@@ -45,8 +48,9 @@ def unit(n, dim=DIM, seed=0):
     return F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
 
 
-def rows(t):
-    return sorted(map(tuple, t.tolist()))
+def rows(t, ids=None):
+    """The rows in a canonical order (with ids: each row with its id)."""
+    return sorted(map(tuple, (t if ids is None else torch.cat([t, ids[:, None].to(t.dtype)], 1)).tolist()))
 
 
 def assert_exact(bank, local, seed):
@@ -158,6 +162,27 @@ def test_hardest_is_the_brute_force_top_k_and_sample_draws_bank_keys(banks):
     assert bank.sample(0).shape == (0, DIM)
 
 
+@pytest.mark.parametrize("name", ["q1", "q2", "q4", "i1", "i2", "i4"])
+def test_no_query_is_its_own_negative(banks, name):
+    """Against brute force from the bank's keys and ids (tests/own_id_checks.py), and LocalBank."""
+    bank = banks(name)
+    q, p, qids = own_case(bank, bank.world_size)
+    check_own_id(bank, q, p, qids)
+    config = {key: v for key, v in CONFIGS[name].items() if key != "world_size"}
+    local = LocalBank(**config)
+    own_case(local)
+    assert rows(*bank.keys(with_ids=True)) == rows(*local.keys(with_ids=True))
+    assert bank.info_nce(q, p, TAU, query_ids=qids).item() == pytest.approx(
+        local.info_nce(q, p, TAU, query_ids=qids).item(), abs=1e-5)
+    bad = [(lambda: bank.push(q, ids=torch.tensor([0.0, 1, 2, 3]), step=9), "ids must be an integer tensor"),
+           (lambda: bank.push(q, ids=torch.tensor([-2, 0, 1, 2]), step=9), "ids must lie in"),
+           (lambda: bank.hardest(q, 2, query_ids=qids[:3]), r"query_ids: ids must be an integer tensor \[4\]"),
+           (lambda: bank.info_nce(q, p, TAU, query_ids=qids.float()), "query_ids: ids must be an integer")]
+    for fn, match in bad:
+        with pytest.raises(ValueError, match=match):
+            fn()
+
+
 def test_a_repeated_step_and_rank_lands_once(banks):
     bank = banks("q2")
     first, again = unit(6, seed=1), unit(6, seed=2)
@@ -224,21 +249,27 @@ def test_overlap_request_then_combine(banks):
 def test_state_dict_round_trip_and_into_a_fresh_bank(banks):
     bank = banks("q1")
     for step in range(3):
-        bank.push(unit(20, seed=40 + step), step=step)
+        bank.push(unit(20, seed=40 + step), ids=torch.arange(20) + 20 * step, step=step)
     state = bank.state_dict()
-    saved = bank.keys()
+    saved = bank.keys(with_ids=True)
     bank.push(unit(20, seed=50), step=3)
-    assert rows(bank.keys()) != rows(saved)
+    assert rows(bank.keys()) != rows(saved[0])
     bank.load_state_dict(state)
-    assert rows(bank.keys()) == rows(saved)
+    assert rows(*bank.keys(with_ids=True)) == rows(*saved)  # the keys' image ids are saved too
     fresh = ShardedMemoryBank(**CONFIGS["q1"])
     try:
         fresh.load_state_dict(pickle.loads(pickle.dumps(state)))
-        assert rows(fresh.keys()) == rows(saved)
+        assert rows(*fresh.keys(with_ids=True)) == rows(*saved)
         fresh.push(unit(20, seed=99), step=2)  # (step 2, rank 0) is in the saved records: dropped
-        assert rows(fresh.keys()) == rows(saved)
+        assert rows(fresh.keys()) == rows(saved[0])
         with pytest.raises(ValueError, match="num_shards"):
             fresh.load_state_dict(dict(state, num_shards=2))
+        old = pickle.loads(pickle.dumps(state))
+        for shard_state in old["shards"]:
+            del shard_state["shard"]["ids"]  # a checkpoint from before keys carried ids
+        fresh.load_state_dict(old)
+        keys, ids = fresh.keys(with_ids=True)
+        assert rows(keys) == rows(saved[0]) and (ids == -1).all()
     finally:
         fresh.close()
 
@@ -262,9 +293,9 @@ def test_a_killed_shard_is_restarted_and_refilled(ray_local):
     local = LocalBank(64, 8, num_shards=2, dtype=torch.float16)
     try:
         def push(step):
-            keys = unit(4, 8, seed=60 + step)
-            bank.push(keys, step=step)
-            local.push(keys, step=step)
+            keys, ids = unit(4, 8, seed=60 + step), torch.arange(4) + 4 * step
+            bank.push(keys, ids=ids, step=step)
+            local.push(keys, ids=ids, step=step)
 
         for step in range(9):  # 36 rows: nothing evicted, so a lost push would show
             push(step)
@@ -278,7 +309,7 @@ def test_a_killed_shard_is_restarted_and_refilled(ray_local):
         loss = bank.info_nce(q, p, TAU)  # detects the restart, refills, replays, answers
         assert bank.shard_restarts == 1
         assert bank.metrics()["bank/shard_restarts"] == 1
-        assert rows(bank.keys()) == rows(local.keys())
+        assert rows(*bank.keys(with_ids=True)) == rows(*local.keys(with_ids=True))  # ids refilled too
         assert loss.item() == pytest.approx(local.info_nce(q, p, TAU).item(), abs=1e-5)
         push(12)
         assert rows(bank.keys()) == rows(local.keys())

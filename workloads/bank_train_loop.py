@@ -43,17 +43,16 @@ def train_epoch_with_bank(
         global_step = first_step + step
         with autocast_for(device, precision):
             query = query_encoder(view1).float()
-            pending = objective.request(query, global_step)  # the bank works while the key encoder runs
-            positive = key_encoder.keys(view2).float()
-        loss = objective(query, positive, global_step, pending)
+            pending = objective.request(query, global_step, query_ids=ids)  # the bank works while the key encoder runs
+            positive = key_encoder.keys(view2, global_step).float()
+        loss = objective(query, positive, global_step, pending, query_ids=ids)  # own images are no negatives
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         key_encoder.follow(plain)
-        bank_ids = ids if objective.bank.mode == "instance" else None
-        objective.bank.push(positive.detach().cpu(), ids=bank_ids, step=global_step, rank=rank)
+        objective.bank.push(positive.detach().cpu(), ids=ids, step=global_step, rank=rank)  # keys with their image ids
         total += loss.detach()
         if on_step is not None:
             on_step(step, float("nan"))

@@ -5,6 +5,8 @@ Queue mode: shard capacity size / S; row j of the overall push stream (a global 
 before the push) goes to shard (c + j) % S. Each shard keeps the last size / S rows of its
 residue class, and those are exactly the residue classes of the last `size` rows pushed.
 Instance mode: shard s holds ids [s c, (s + 1) c) with c = ceil(size / S), the last one fewer.
+Every key carries its image id (queue: routed with its key; instance: the entry's id), and a query
+with `query_ids` never sees its own id's keys among its negatives (workloads.bank.own_id).
 Pushes with a `step` are idempotent by (step, rank); the pairs of the last SEEN_STEPS steps are
 remembered, and a push older than all of them (once that many are remembered) is ignored too.
 """
@@ -14,6 +16,7 @@ import math
 import torch
 
 from .exact_info_nce import exact_info_nce
+from .own_id import check_ids, merge_topk
 from .shard import BankShard
 
 SEEN_STEPS = 1024
@@ -66,30 +69,23 @@ class LocalBank:
 
     def push(self, keys: torch.Tensor, ids=None, step: int | None = None, rank: int = 0) -> bool:
         """Returns False when the push is ignored as a repeat of (step, rank)."""
-        if self.mode == "queue" and ids is not None:
-            raise ValueError(
-                "LocalBank.push: ids are for mode='instance'; pass ids=None in mode='queue'")
         if self.mode == "instance" and ids is None:
             raise ValueError("LocalBank.push: ids [B] (data-set sample ids in [0, size)) are "
                              "required in mode='instance'")
         if not (isinstance(keys, torch.Tensor) and keys.ndim == 2 and keys.shape[1] == self.dim):
             got = list(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
             raise ValueError(f"LocalBank.push: keys must be [B, {self.dim}], got {got}")
-        if self.mode == "instance":
-            ids = torch.as_tensor(ids)
-            if ids.shape != keys.shape[:1] or ids.is_floating_point() or ids.dtype == torch.bool:
-                raise ValueError(f"LocalBank.push: ids must be an integer tensor "
-                                 f"[{keys.shape[0]}], got {ids.dtype} {list(ids.shape)}")
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.size):
-                raise ValueError(f"LocalBank.push: ids must lie in [0, {self.size}), "
-                                 f"got values in [{int(ids.min())}, {int(ids.max())}]")
+        if ids is not None:  # queue: the keys' image ids, -1 for unknown
+            low, high = (0, self.size) if self.mode == "instance" else (-1, None)
+            ids = check_ids(ids, keys.shape[0], "LocalBank.push", low, high)
         if not self._first_time(step, rank):
             return False
         keys = keys.detach()
         if self.mode == "queue":
             S = self.num_shards
             for s, shard in enumerate(self.shards):
-                shard.push(keys[(s - self.counter) % S::S])
+                rows = slice((s - self.counter) % S, None, S)
+                shard.push(keys[rows], None if ids is None else ids[rows])
             self.counter += keys.shape[0]
         else:
             owner = ids.to(torch.long) // self.shard_capacity
@@ -98,30 +94,34 @@ class LocalBank:
                 self.shards[s].update(ids[sel], keys[sel.to(keys.device)])
         return True
 
-    def info_nce(self, query, positive, temperature: float, step: int | None = None) -> torch.Tensor:
-        partials = [shard.partial_lse(query, temperature) for shard in self.shards]
+    def info_nce(self, query, positive, temperature: float, step: int | None = None,
+                 query_ids=None) -> torch.Tensor:
+        partials = [shard.partial_lse(query, temperature, query_ids) for shard in self.shards]
         return exact_info_nce(query, positive, partials, temperature)
 
-    def hardest(self, query: torch.Tensor, k: int, step: int | None = None) -> torch.Tensor:
-        sims, keys = zip(*(shard.topk(query, k) for shard in self.shards))
-        sims, keys = torch.cat(sims, 1), torch.cat(keys, 1)  # [B, S k'], [B, S k', D]
-        top = sims.topk(min(k, sims.shape[1]), dim=1).indices
-        return keys.gather(1, top[..., None].expand(-1, -1, self.dim))
+    def hardest(self, query: torch.Tensor, k: int, step: int | None = None,
+                query_ids=None) -> torch.Tensor:
+        return merge_topk([shard.topk(query, k, query_ids) for shard in self.shards], k, self.dim)
 
-    def sample(self, n: int, step: int | None = None) -> torch.Tensor:
+    def sample(self, n: int, step: int | None = None, with_ids: bool = False):
         if not (isinstance(n, int) and n >= 0):
             raise ValueError(f"LocalBank.sample: n must be an int >= 0, got {n!r}")
         counts = torch.tensor([shard.count for shard in self.shards], dtype=torch.float64)
         if counts.sum() == 0 or n == 0:
-            return torch.zeros(0, self.dim)
-        owner = torch.multinomial(counts, n, replacement=True, generator=self.generator)
-        per_shard = torch.bincount(owner, minlength=self.num_shards).tolist()
-        out = torch.cat([shard.sample(m, self.generator).cpu()
-                         for shard, m in zip(self.shards, per_shard)])
-        return out[torch.randperm(n, generator=self.generator)]
+            keys, ids = torch.zeros(0, self.dim), torch.zeros(0, dtype=torch.long)
+        else:
+            owner = torch.multinomial(counts, n, replacement=True, generator=self.generator)
+            per_shard = torch.bincount(owner, minlength=self.num_shards).tolist()
+            keys, ids = zip(*(shard.sample(m, self.generator, with_ids=True)
+                              for shard, m in zip(self.shards, per_shard)))
+            order = torch.randperm(n, generator=self.generator)
+            keys, ids = torch.cat([k.cpu() for k in keys])[order], torch.cat(ids)[order]
+        return (keys, ids) if with_ids else keys
 
-    def keys(self) -> torch.Tensor:
-        return torch.cat([shard.contents() for shard in self.shards])
+    def keys(self, with_ids: bool = False):
+        keys, ids = zip(*(shard.contents(with_ids=True) for shard in self.shards))
+        keys, ids = torch.cat(keys), torch.cat([i.cpu() for i in ids])
+        return (keys, ids) if with_ids else keys
 
     def state_dict(self) -> dict:
         return {"size": self.size, "dim": self.dim, "mode": self.mode,
