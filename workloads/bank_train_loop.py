@@ -28,7 +28,7 @@ def train_epoch_with_bank(
     first_step: int,
     rank: int = 0,
     precision: str = "auto",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> EpochStats:
     """`indices` are this worker's data-set ids for the epoch; `first_step` is the global step count so far."""
     query_encoder.train()
@@ -55,6 +55,6 @@ def train_epoch_with_bank(
         objective.bank.push(positive.detach().cpu(), ids=ids, step=global_step, rank=rank)  # keys with their image ids
         total += loss.detach()
         if on_step is not None:
-            on_step(step, float("nan"))
+            on_step(step, loss.detach())
     seconds = time.perf_counter() - start
     return EpochStats(float(total) / steps, optimizer.param_groups[0]["lr"], steps * batch_size / seconds, seconds, steps)
