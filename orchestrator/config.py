@@ -17,8 +17,29 @@ class DataConfig(Section):
     image_column: str = "image"
     label_column: str = "label"
     image_size: int = Field(32, ge=8, le=1024)
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="the validation split (selects: pruning, the objective)")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="the held-out test split of data.uri, scored at the "
+                                 "end and never selected on (default 0.1; 0 without data.test_uri: no test split)")
+    test_uri: str | None = Field(None, description="an official test set (same format and columns as data.uri); "
+                                 "replaces data.test_fraction, which then defaults to 0")
     s3_endpoint_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _test_fraction_default(cls, data):
+        if isinstance(data, dict) and data.get("test_fraction") is None:
+            data = {**data, "test_fraction": 0.0 if data.get("test_uri") else 0.1}
+        return data
+
+    @model_validator(mode="after")
+    def _splits_fit(self) -> "DataConfig":
+        if self.test_uri is not None and self.test_fraction > 0:
+            raise ValueError(f"data.test_fraction ({self.test_fraction}) and data.test_uri ({self.test_uri!r}) both "
+                             "name a test set: give one (test_uri replaces the fraction; set test_fraction: 0 or remove it)")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"data.val_fraction ({self.val_fraction}) + data.test_fraction ({self.test_fraction}) must be "
+                             "below 1: the rest of data.uri is the training split")
+        return self
 
 
 class AugmentConfig(Section):

@@ -1,4 +1,9 @@
-"""The end of a run on rank 0: downstream scores, the encoder checkpoint and the figures."""
+"""The end of a run on rank 0: downstream scores, the encoder checkpoint and the figures.
+
+Scores: downstream/* and repr/* on the validation split (what selects), test/knn_top1 and
+test/linear_top1 on the held-out test split (what nothing selects on); the kNN memory and the linear
+probe's training set are the training split.
+"""
 import os
 import tempfile
 
@@ -8,24 +13,28 @@ import yaml
 from torch import nn
 
 from workloads.checkpoint import save_encoder
-from workloads.data import ImageDataset
 from workloads.downstream import downstream_scores
 
 from .config import SSLabConfig
 from .figures import embedding_map
+from .trial_eval import Splits, make_augment
 
 
-def report_final(config: SSLabConfig, encoder: nn.Module, kwargs: dict, train: ImageDataset, val: ImageDataset,
-                 device: torch.device, extra: dict | None = None, figures: dict | None = None,
-                 encoder_wrapper: str | None = None) -> None:
+def report_final(config: SSLabConfig, encoder: nn.Module, kwargs: dict, splits: Splits, device: torch.device,
+                 extra: dict | None = None, figures: dict | None = None, encoder_wrapper: str | None = None) -> None:
     """figures: {file name: matplotlib Figure} saved as artifacts beside the embedding map;
-    encoder_wrapper: how the encoder wraps the backbone (see workloads.pretext.registry), kept in encoder.pt."""
-    scores, val_features = downstream_scores(encoder, train.images, train.labels, val.images, val.labels,
+    encoder_wrapper: how the encoder wraps the backbone (see workloads.pretext.registry), kept in encoder.pt
+    with the normalisation and the augmentation the encoder was trained with."""
+    train, val, normalization = splits.train, splits.val, splits.normalization
+    scores, val_features = downstream_scores(encoder, train, val, normalization, make_augment(config, normalization),
                                              config.eval.knn_k, config.eval.knn_temperature, config.eval.linear_probe,
-                                             device, config.seed)
+                                             device, config.seed, held_out=splits.test)
     with tempfile.TemporaryDirectory() as folder:
+        data = {"uri": config.data.uri, "content_hash": train.content_hash, "val_fraction": config.data.val_fraction,
+                "test_fraction": config.data.test_fraction, "test_uri": config.data.test_uri}
         save_encoder(os.path.join(folder, "encoder.pt"), encoder, config.model.backbone, kwargs, {
-            "image_size": config.data.image_size, "data": {"uri": config.data.uri, "content_hash": train.content_hash},
+            "image_size": config.data.image_size, "data": data, "normalization": normalization.as_dict(),
+            "augment": config.augment.model_dump(mode="json"),
             "eval": config.eval.model_dump(), "classes": train.classes, "seed": config.seed,
             "encoder_wrapper": encoder_wrapper, "workload": config.workload.kind,
         })

@@ -16,16 +16,18 @@ handler turns into SystemExit), leaves its parent run FAILED (tag sslab.error) o
 it was running FAILED or KILLED in MLflow and FAIL in the study, queued for the next run.
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 
 from .config import SSLabConfig
+from .config_loader import ConfigError
 from .coordinator import start_coordinator
 from .local_paths import with_absolute_paths
 from .ray_runtime import ensure_ray
 from .study import apply_params
 from .sweep_record import SweepRecord
+from .trial_eval import check_pruning_objective, check_splits
 from .train_run import run_training
 
 DONE = ("COMPLETE", "PRUNED")
@@ -38,12 +40,14 @@ class SweepResult:
     best: tuple[int, float, dict] | None
     counts: dict[str, int]
     tracking_uri: str  # absolute: the MLflow store the sweep wrote to
+    best_test: dict[str, float] = field(default_factory=dict)  # the best trial's held-out test/ scores
 
 
 def run_sweep(config: SSLabConfig) -> SweepResult:
     config = with_absolute_paths(config)
     search = config.search
     study_name = search.study_name or config.name
+    preflight(config)
     ensure_ray(worker_logs=False)  # the driver prints one line per trial
     coordinator = start_coordinator(config, study_name)  # named: a second driver of this study stops here
     try:
@@ -55,14 +59,25 @@ def run_sweep(config: SSLabConfig) -> SweepResult:
         settle(coordinator, record, "the sweep driver stopped while this trial ran")  # resume
         drive(config, coordinator, record)
         best = ray.get(coordinator.best.remote())
-        record.finish(best, ray.get(coordinator.table.remote()), coordinator)
+        best_test = record.finish(best, ray.get(coordinator.table.remote()), coordinator)
         result = SweepResult(record.parent_run_id, study_name, best, ray.get(coordinator.counts.remote()),
-                             config.tracking.uri)
+                             config.tracking.uri, best_test)
     except BaseException as error:
         stop(error, coordinator, record)
         raise
     ray.kill(coordinator)
     return result
+
+
+def preflight(config: SSLabConfig) -> None:
+    """Before any work: the pruner can have the objective every epoch, and the data's classes fill
+    every split (ConfigError / DataError naming the key)."""
+    if config.search.pruner != "none":
+        try:
+            check_pruning_objective(config.search.objective)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    check_splits(config)
 
 
 def settle(coordinator, record: SweepRecord, reason: str, status: str = "FAILED") -> None:

@@ -105,11 +105,24 @@ class SweepRecord:
     def objective_value(self, run_id: str, objective: str) -> float | None:
         return self.client.get_run(run_id).data.metrics.get(objective)
 
-    def finish(self, best, table: list[dict], coordinator) -> None:
+    def best_test_scores(self, number: int) -> dict[str, float]:
+        """The held-out test/ metrics of trial `number`'s finished run (what the study never saw)."""
+        runs = self._trial_runs(f"tags.`sslab.trial_number` = '{number}' AND attributes.status = 'FINISHED'")
+        if not runs:
+            return {}
+        run = max(runs, key=lambda r: r.info.start_time)
+        return {key: value for key, value in sorted(run.data.metrics.items()) if key.startswith("test/")}
+
+    def finish(self, best, table: list[dict], coordinator) -> dict[str, float]:
+        """The parent run: best/<objective>, best/trial_number and the best trial's held-out scores as
+        best/test/..., the trials table and the study's figures; FINISHED. Returns those test scores."""
         objective = self.config.search.objective
+        test_scores = {}
         if best is not None:
             number, value, params = best
-            log_metrics(self.client, self.parent_run_id, {f"best/{objective}": value, "best/trial_number": number}, step=0)
+            test_scores = self.best_test_scores(number)
+            log_metrics(self.client, self.parent_run_id, {f"best/{objective}": value, "best/trial_number": number,
+                                                          **{f"best/{k}": v for k, v in test_scores.items()}}, step=0)
             self.client.set_tag(self.parent_run_id, "sslab.best_trial", str(number))
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "trials.csv")
@@ -124,6 +137,7 @@ class SweepRecord:
                 figure.savefig(figure_path, dpi=110, bbox_inches="tight")
                 self.client.log_artifact(self.parent_run_id, figure_path)
         self.client.set_terminated(self.parent_run_id, "FINISHED")
+        return test_scores
 
     def fail(self, error: BaseException) -> None:
         """The driver stopped: the parent run FAILED with the error (tag sslab.error, error.txt), or KILLED

@@ -19,6 +19,17 @@ CONTRACT_PARAMS = {
 }
 
 
+# What a run learns only once its data is loaded: reported by the workers with the first epoch
+# (orchestrator.trial_eval.data_record) and recorded as params by the MLflow callback.
+REPORTED_PARAMS = {"sslab.data_hash": "data_hash", "sslab.test_data_hash": "test_data_hash",
+                   "sslab.data_mean": "data_mean", "sslab.data_std": "data_std"}
+
+
+def reported_params(report: dict) -> list[Param]:
+    """The params among a worker's report (REPORTED_PARAMS), as MLflow Params."""
+    return [Param(name, str(report[key])) for key, name in REPORTED_PARAMS.items() if key in report]
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     flat = {}
     for key, value in tree.items():

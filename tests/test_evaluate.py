@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from workloads.data import Normalization, active_normalization
 from workloads.evaluate import alignment, extract_features, knn_accuracy, linear_probe_accuracy, uniformity
+from workloads.evaluate.linear_probe import WEIGHT_DECAYS, fit_linear_probe, select_weight_decay
 
 
 def _clusters(n_per_class, num_classes, dim, spread, seed):
@@ -171,6 +173,33 @@ def test_linear_probe_rejects_bad_arguments():
         linear_probe_accuracy(x[:0], y[:0], x, y)
 
 
+def test_weight_decay_is_chosen_on_a_share_of_the_training_features():
+    """Clean separable data wants the lightest penalty; few samples in many noisy dimensions the heaviest."""
+    clean_x, clean_y = _linearly_separable(500, 20, 4, seed=0)
+    assert select_weight_decay(clean_x, clean_y) == WEIGHT_DECAYS[0]
+    g = torch.Generator().manual_seed(0)
+    noisy_x = torch.randn(120, 400, generator=g)
+    noisy_y = (noisy_x[:, 0] + 0.8 * torch.randn(120, generator=g) > 0).long()
+    assert select_weight_decay(noisy_x, noisy_y) == WEIGHT_DECAYS[-1]
+    assert select_weight_decay(noisy_x, noisy_y, candidates=[0.3]) == 0.3
+
+
+def test_linear_probe_default_fits_once_on_train_and_never_looks_at_the_scored_set():
+    g = torch.Generator().manual_seed(0)
+    train_x = torch.randn(120, 400, generator=g)
+    train_y = (train_x[:, 0] + 0.8 * torch.randn(120, generator=g) > 0).long()
+    chosen = select_weight_decay(train_x, train_y)
+    probe = fit_linear_probe(train_x, train_y)
+    assert probe.weight_decay == chosen
+    for seed in (1, 2):  # two different scored sets: the same probe scores both
+        test_x = torch.randn(200, 400, generator=torch.Generator().manual_seed(seed))
+        test_y = (test_x[:, 0] > 0).long()
+        expected = fit_linear_probe(train_x, train_y, weight_decay=chosen).accuracy(test_x, test_y)
+        assert linear_probe_accuracy(train_x, train_y, test_x, test_y) == expected == probe.accuracy(test_x, test_y)
+    # a fixed weight decay is used as given
+    assert fit_linear_probe(train_x, train_y, weight_decay=0.05).weight_decay == 0.05
+
+
 # ---------------------------------------------------------------- alignment / uniformity
 
 
@@ -246,7 +275,8 @@ def test_extract_features_normalises_and_uses_eval_mode():
     images = torch.full((5, 3, 4, 4), 255, dtype=torch.uint8)
     images[:, 1] = 0
     model = _MeanPixel().train()
-    feats = extract_features(model, images, batch_size=2, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.5))
+    norm = Normalization((0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
+    feats = extract_features(model, images, norm, batch_size=2)
     assert feats.dtype == torch.float32 and feats.shape == (5, 3) and feats.device.type == "cpu"
     # (1 - 0.5) / 0.5 = 1, (0 - 0.5) / 0.25 = -2, (1 - 0.5) / 0.5 = 1
     torch.testing.assert_close(feats, torch.tensor([[1.0, -2.0, 1.0]]).expand(5, 3))
@@ -254,8 +284,27 @@ def test_extract_features_normalises_and_uses_eval_mode():
     assert feats.grad_fn is None and not feats.requires_grad  # ran under no_grad
 
 
+def test_extract_features_makes_its_normalisation_the_active_one():
+    """Encoders that convert their input (the Lab encoders) read the active normalisation."""
+    seen = []
+
+    class Recorder(_MeanPixel):
+        def forward(self, x):
+            seen.append(active_normalization())
+            return super().forward(x)
+
+    norm = Normalization((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    extract_features(Recorder(), torch.zeros(3, 3, 4, 4, dtype=torch.uint8), norm, batch_size=2)
+    assert seen == [norm, norm] and active_normalization() != norm
+
+
 def test_extract_features_rejects_bad_images():
+    norm = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="images_uint8 must have dtype torch.uint8"):
-        extract_features(_MeanPixel(), torch.zeros(2, 3, 4, 4))
+        extract_features(_MeanPixel(), torch.zeros(2, 3, 4, 4), norm)
     with pytest.raises(ValueError, match=r"images_uint8 must be 4-D \[N, C, H, W\]"):
-        extract_features(_MeanPixel(), torch.zeros(3, 4, 4, dtype=torch.uint8))
+        extract_features(_MeanPixel(), torch.zeros(3, 4, 4, dtype=torch.uint8), norm)
+    with pytest.raises(ValueError, match="normalization has 1 channels, the images 3"):
+        extract_features(_MeanPixel(), torch.zeros(2, 3, 4, 4, dtype=torch.uint8), Normalization((0.5,), (0.5,)))
+    with pytest.raises(ValueError, match="normalization must be a workloads.data.Normalization"):
+        extract_features(_MeanPixel(), torch.zeros(2, 3, 4, 4, dtype=torch.uint8), ((0.5,) * 3, (0.5,) * 3))

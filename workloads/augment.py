@@ -2,7 +2,8 @@
 
 Every sample of a batch gets its own random parameters, and the two views get independent ones:
 random resized crop -> horizontal flip -> colour jitter (with probability ``jitter_p``) ->
-random grayscale -> optional Gaussian blur -> normalisation with ``mean``/``std``.
+random grayscale -> optional Gaussian blur -> normalisation with ``mean``/``std`` (a run passes the
+per-channel statistics of its training split, ``workloads.data.Normalization``).
 
 The pipeline is composed from kornia's functional ops (``crop_and_resize``, the torchvision-style
 ``adjust_*`` colour ops, ``rgb_to_grayscale``, ``gaussian_blur2d``), each of which takes a
@@ -32,10 +33,14 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import crop_and_resize
 
+from .data.normalization import CIFAR10
+
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "SimCLRAugment", "normalize", "random_resized_crop_boxes"]
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# Runs pass the normalisation measured on their training split (workloads.data.Normalization); the
+# defaults are the CIFAR-10 constants defined there, for callers that bring none (tests, benchmarks).
+CIFAR10_MEAN = CIFAR10.mean
+CIFAR10_STD = CIFAR10.std
 
 # torchvision's RandomResizedCrop defaults: aspect ratio range and the number of rejection tries
 # before falling back to the (ratio-clamped) whole image.

@@ -1,4 +1,9 @@
-"""The encoder checkpoint: everything needed to rebuild and evaluate the backbone without its config."""
+"""The encoder checkpoint: everything needed to rebuild and evaluate the backbone without its config.
+
+Besides the weights and how to build them, it keeps what the encoder's input must look like: the
+per-channel `normalization` ({"mean": [...], "std": [...]}) measured on the run's training split,
+and the `augment` settings the run trained with (for repr/* in `sslab eval`).
+"""
 import os
 import tempfile
 from typing import Any
@@ -6,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data.normalization import CIFAR10, Normalization
 from .pretext.registry import build_encoder
 
 FORMAT = "sslab.encoder/1"
@@ -33,3 +39,10 @@ def load_encoder(path: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     backbone.load_state_dict(payload["state_dict"])
     metadata = {k: v for k, v in payload.items() if k not in ("state_dict",)}
     return backbone.to(device).eval(), metadata
+
+
+def checkpoint_normalization(metadata: dict[str, Any]) -> Normalization:
+    """The normalisation an encoder was trained with: the one its checkpoint stores, or the CIFAR-10
+    constants for checkpoints written before runs measured it (every data set was normalised so then)."""
+    stored = metadata.get("normalization")
+    return Normalization.from_dict(stored) if stored else CIFAR10

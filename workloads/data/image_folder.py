@@ -28,3 +28,13 @@ def load_image_folder(root: str, image_size: int | None = None) -> ImageDataset:
     images = decode_images(encoded, root, image_size, row_names=[path for path, _ in samples])
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return ImageDataset(images, labels, classes, root, digest.hexdigest())
+
+
+def load_folder_labels(root: str) -> tuple[torch.Tensor, list[str]]:
+    """The labels of an image-folder tree from its listing alone (no image read)."""
+    try:
+        classes, class_to_idx = find_classes(root)
+        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise DataError(f"{root}: not an image folder ({error}); expected ROOT/<class>/<image> with {IMG_EXTENSIONS}") from None
+    return torch.tensor([label for _, label in samples], dtype=torch.int64), classes

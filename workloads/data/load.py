@@ -4,18 +4,21 @@
     path/to/folder                                  image-folder tree ROOT/<class>/<image>
     cifar10://ROOT  (cifar10://ROOT?train=false)    CIFAR-10 via torchvision (downloads)
 
-A fragment selects one side of the deterministic stratified split, so the same rows can be named
-on the command line:  file.parquet#split=val&val_fraction=0.2&seed=0
+A fragment selects one part of the deterministic stratified split, so the same rows can be named
+on the command line:  file.parquet#split=val&val_fraction=0.2&test_fraction=0.1&seed=0
+(split: train, val or test; test_fraction defaults to 0, i.e. a two-way split).
 """
 import os
 from urllib.parse import parse_qs, urlsplit
 
+import torch
+
 from .cifar10 import load_cifar10
 from .dataset import ImageDataset
 from .errors import DataError
-from .image_folder import load_image_folder
-from .parquet import load_parquet
-from .split import stratified_split
+from .image_folder import load_folder_labels, load_image_folder
+from .parquet import load_parquet, load_parquet_labels
+from .split import split_three_ways
 
 
 def detect_format(uri: str) -> str:
@@ -57,10 +60,29 @@ def load_images(
 
 def select_split(dataset: ImageDataset, fragment: str) -> ImageDataset:
     query = {key: values[-1] for key, values in parse_qs(fragment).items()}
-    unknown = set(query) - {"split", "val_fraction", "seed"}
-    if unknown or query.get("split") not in ("train", "val"):
-        raise DataError(
-            f"{dataset.source}#{fragment}: bad split selector; expected #split=train|val&val_fraction=F&seed=S"
-        )
-    train, val = stratified_split(dataset.labels, float(query.get("val_fraction", 0.1)), int(query.get("seed", 0)))
-    return dataset.subset(train if query["split"] == "train" else val)
+    unknown = set(query) - {"split", "val_fraction", "test_fraction", "seed"}
+    if unknown or query.get("split") not in ("train", "val", "test"):
+        raise DataError(f"{dataset.source}#{fragment}: bad split selector; expected "
+                        "#split=train|val|test&val_fraction=F&test_fraction=T&seed=S")
+    try:
+        val_fraction, test_fraction = float(query.get("val_fraction", 0.1)), float(query.get("test_fraction", 0.0))
+        seed = int(query.get("seed", 0))
+    except ValueError:
+        raise DataError(f"{dataset.source}#{fragment}: val_fraction and test_fraction must be numbers, seed an integer") from None
+    if query["split"] == "test" and test_fraction == 0:
+        raise DataError(f"{dataset.source}#{fragment}: split=test needs test_fraction above 0")
+    parts = split_three_ways(dataset.labels, val_fraction, test_fraction, seed, dataset.classes)
+    return dataset.subset(parts[("train", "val", "test").index(query["split"])])
+
+
+def load_labels(uri: str, format: str = "auto", label_column: str = "label",
+                s3_endpoint_url: str | None = None) -> tuple[torch.Tensor, list[str] | None] | None:
+    """The labels (and class names where known) of a data set without decoding its images: a Parquet
+    file's label column, an image folder's listing. None where that is not cheap (cifar10://)."""
+    base = uri.partition("#")[0]
+    kind = detect_format(base) if format == "auto" else format
+    if kind == "parquet":
+        return load_parquet_labels(base, label_column, s3_endpoint_url)
+    if kind == "folder":
+        return load_folder_labels(base)
+    return None

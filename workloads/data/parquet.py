@@ -75,3 +75,21 @@ def load_parquet(
     digest.update(labels.numpy().tobytes())
     images = decode_images(encoded, uri, image_size)
     return ImageDataset(images, labels, classes or [str(c) for c in range(num_classes)], uri, digest.hexdigest())
+
+
+def load_parquet_labels(uri: str, label_column: str = "label",
+                        s3_endpoint_url: str | None = None) -> tuple[torch.Tensor, list[str] | None]:
+    """The label column alone (and the class names of the schema metadata), images not read."""
+    filesystem, path = open_filesystem(uri, s3_endpoint_url)
+    try:
+        table = pq.read_table(path, filesystem=filesystem, columns=[label_column])
+        metadata = pq.read_schema(path, filesystem=filesystem).metadata or {}
+    except FileNotFoundError:
+        raise DataError(f"{uri}: no such file; expected a Parquet file with a label column '{label_column}'") from None
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DataError(f"{uri}: cannot read the label column '{label_column}' ({error})") from None
+    column = table.column(label_column)
+    if column.null_count or not pa.types.is_integer(column.type):
+        raise DataError(f"{uri}: label column '{label_column}' must hold integer class indices without nulls")
+    classes = metadata[b"classes"].decode().split(",") if b"classes" in metadata else None
+    return torch.from_numpy(column.to_numpy().astype("int64")), classes

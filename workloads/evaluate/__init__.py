@@ -6,7 +6,7 @@
 - ``extract_features``: run a backbone over uint8 images to get those features
 """
 
-from .features import CIFAR10_MEAN, CIFAR10_STD, extract_features
+from .features import extract_features
 from .knn import knn_accuracy
 from .linear_probe import linear_probe_accuracy
 from .representation import alignment, uniformity
@@ -17,6 +17,4 @@ __all__ = [
     "alignment",
     "uniformity",
     "extract_features",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
 ]
