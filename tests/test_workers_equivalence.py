@@ -46,6 +46,7 @@ SAME = ["train.epochs=1", "train.batch_size=128", "model.width=8", "train.progre
         "augment.blur_p=0"]
 MOCO = ["workload.loss=info_nce", "bank.mode=queue", "bank.size=1024", "bank.shards=2", "bank.negatives=exact"]
 STEPS = 3
+pytestmark = pytest.mark.slow  # four Ray Train runs on a 2-node cluster: about 3.5 min on 2 cores
 
 
 @pytest.fixture(scope="module")
