@@ -67,3 +67,27 @@ def test_bad_override_and_bad_yaml(tmp_path):
         load_config(write(tmp_path, "name: [unclosed\n"))
     with pytest.raises(ConfigError, match=r"--set: train.batch_size"):
         load_config(QUICKSTART, ["train.batch_size=1"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["bank.shuffle_bn=split"], "bank.shuffle_bn 'split' is for the MoCo key encoder of a bank"),
+    (["bank.mode=queue", "workload.loss=info_nce", "bank.shuffle_bn=shuffle"],
+     "on one worker use bank.shuffle_bn: split"),
+    (["bank.mode=queue", "workload.loss=info_nce", "bank.shuffle_bn=shuffle", "resources.workers=2"],
+     "set model.sync_batchnorm: false, or bank.shuffle_bn: none"),
+    (["bank.mode=queue", "workload.loss=info_nce", "bank.shuffle_bn=split", "bank.bn_splits=6"],
+     r"bank.bn_splits \(6\) must divide each worker's batch \(256"),
+])
+def test_key_batchnorm_settings_that_cannot_work_are_refused(monkeypatch, overrides, message):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError, match=message):
+        load_config(QUICKSTART, ["search=null", *overrides])
+
+
+def test_key_batchnorm_settings_that_work_resolve(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    bank = ["search=null", "bank.mode=queue", "workload.loss=info_nce"]
+    assert load_config(QUICKSTART, [*bank, "bank.shuffle_bn=split"]).bank.bn_splits == 8
+    config = load_config(QUICKSTART, [*bank, "bank.shuffle_bn=shuffle", "resources.workers=2",
+                                      "model.sync_batchnorm=false"])
+    assert config.bank.shuffle_bn == "shuffle" and config.train.global_negatives is True
