@@ -12,7 +12,7 @@ from orchestrator.config_loader import load_config
 from conftest import BIN, ROOT
 
 PER_TRIAL = ("downstream/knn_top1", "downstream/linear_top1", "repr/alignment", "repr/uniformity",
-             "downstream/random_init/knn_top1")
+             "downstream/random_init/knn_top1", "test/knn_top1", "test/linear_top1")
 
 
 @pytest.mark.slow
@@ -34,6 +34,10 @@ def test_quickstart_sweep_records_parent_nested_trials_and_beats_random_init(wor
     parent = parents[0]
     assert parent.info.run_id == summary["parent_run_id"]
     assert parent.data.metrics["best/downstream/knn_top1"] == pytest.approx(summary["best"]["downstream/knn_top1"])
+    assert set(summary["best"]["test"]) == {"test/knn_top1", "test/linear_top1"}
+    for key, value in summary["best"]["test"].items():  # the held-out scores of the best trial, beside the objective
+        assert parent.data.metrics[f"best/{key}"] == pytest.approx(value)
+    assert "its held-out test scores: test/knn_top1 = " in out.stderr
     assert {"trials.csv", "optimization_history.png", "param_importances.png", "config.yaml"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
 
@@ -42,6 +46,7 @@ def test_quickstart_sweep_records_parent_nested_trials_and_beats_random_init(wor
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.params["temperature"] and run.data.params["batch_size"] in ("128", "256")
+        assert len(run.data.params["data_mean"].split(",")) == len(run.data.params["data_std"].split(",")) == 3
         ran = len(client.get_metric_history(run.info.run_id, "train/loss"))
         if run.info.status == "KILLED":  # pruned: stopped before its last epoch, and marked so
             assert run.data.tags["sslab.pruned"] == "true" and ran < epochs
