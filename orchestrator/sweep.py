@@ -11,6 +11,12 @@ finished (or was pruned) before the driver died is told to the study as such and
 others are marked FAIL (their MLflow runs FAILED, tag sslab.error) and their parameters queued to run
 once more. `n_trials` counts the study's COMPLETE and PRUNED trials in total, over every run.
 
+Selection reads the validation split only: the pruner gets the objective each epoch (measured on
+val where it is not a training metric, orchestrator.trial_eval), and a trial's value is its final
+val metric. The test split's scores stay on the trial runs; the parent run shows the best trial's
+as best/test/... Before any of this, `preflight` refuses an objective the pruner cannot have every
+epoch and data whose classes cannot fill the three splits.
+
 A driver that stops on an error, or is stopped (Ctrl-C; SIGTERM, e.g. `ray job stop`, which Ray's
 handler turns into SystemExit), leaves its parent run FAILED (tag sslab.error) or KILLED, the trials
 it was running FAILED or KILLED in MLflow and FAIL in the study, queued for the next run.
