@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -53,15 +52,12 @@ SELECTION_FRACTION = 0.2  # of the training features, held out to choose the wei
 FALLBACK_WEIGHT_DECAY = 5e-3  # when the training set is too small to hold any out
 
 
-@dataclass
 class LinearProbe:
     """A fitted probe: standardisation (the fitted set's) and the linear layer."""
 
-    weight: torch.Tensor
-    bias: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    weight_decay: float
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 weight_decay: float):
+        self.weight, self.bias, self.mean, self.std, self.weight_decay = weight, bias, mean, std, weight_decay
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
