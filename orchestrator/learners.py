@@ -77,6 +77,6 @@ def encoder_of(learner):
 
 def task_figure(task, val: ImageDataset, device):
     """The pretext task's own figure on a few validation images (what it asks and what it answers)."""
-    images = normalize(val.images[:8].to(device).float() / 255.0)
+    images = normalize(val.images[:8].to(device).float() / 255.0, task.normalization)
     return task.figure(images)
 

@@ -7,10 +7,10 @@ import os
 import time
 
 import ray.train
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from .tracking import log_metrics
+from .tracking import log_metrics, reported_params
 
 SUMMED = {"train/images_per_s"}  # throughput adds up over workers
 MAXED = {"bank/shard_restarts"}  # every worker sees the same restarts of the one shared bank
@@ -33,8 +33,9 @@ class MlflowReportCallback(ray.train.UserCallback):
     def after_report(self, run_context, metrics: list[dict], checkpoint: ray.train.Checkpoint | None) -> None:
         client = MlflowClient(tracking_uri=self.tracking_uri)
         lead = metrics[0]
-        if "sslab.data_hash" in lead:
-            client.log_batch(self.run_id, params=[Param("data_hash", str(lead["sslab.data_hash"]))])
+        params = reported_params(lead)  # data_hash, data_mean, data_std, ...
+        if params:
+            client.log_batch(self.run_id, params=params)
         nodes = sorted({str(m["sslab.node_id"]) for m in metrics if "sslab.node_id" in m})
         if nodes:
             client.set_tag(self.run_id, "sslab.worker_nodes", ",".join(nodes))

@@ -3,11 +3,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from workloads.augment import SimCLRAugment
 from workloads.bank_train_loop import train_epoch_with_bank
-from workloads.data import ImageDataset, load_images, stratified_split
-from workloads.evaluate import knn_accuracy
-from workloads.evaluate.features import extract_features
 from workloads.pretext.registry import encoder_spec
 from workloads.pretext_train_loop import pretext_train_epoch
 from workloads.train_loop import epoch_shard, train_epoch, warmup_cosine
@@ -17,6 +13,7 @@ from .final_report import report_final
 from .learners import (backbone_kwargs, batchnorm_for_workers, build_learner, encoder_of, key_encoder_for, task_figure,
                        unwrap)
 from .train_state import latest_state, report_epoch
+from .trial_eval import data_record, load_splits, make_augment, random_init_knn, should_prune, val_metrics
 
 
 def build_optimizer(params, train) -> torch.optim.Optimizer:
@@ -26,38 +23,6 @@ def build_optimizer(params, train) -> torch.optim.Optimizer:
     return cls(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def load_splits(config: SSLabConfig) -> tuple[ImageDataset, ImageDataset]:
-    data = load_images(config.data.uri, config.data.format, config.data.image_column, config.data.label_column,
-                       config.data.image_size, config.data.s3_endpoint_url)
-    train_idx, val_idx = stratified_split(data.labels, config.data.val_fraction, config.seed)
-    return data.subset(train_idx), data.subset(val_idx)
-
-
-def knn_top1(config: SSLabConfig, backbone, train: ImageDataset, val: ImageDataset, device) -> float:
-    features = [extract_features(backbone, split.images, device=device) for split in (train, val)]
-    return knn_accuracy(features[0], train.labels, features[1], val.labels, k=config.eval.knn_k,
-                        temperature=config.eval.knn_temperature)
-
-
-def random_init_knn(config: SSLabConfig, backbone, train: ImageDataset, val: ImageDataset, device) -> dict:
-    return {"downstream/random_init/knn_top1": knn_top1(config, backbone, train, val, device)}
-
-
-def should_prune(pruning: dict, metrics: dict, epoch: int, rank: int, world: int, score) -> bool:
-    """Rank 0 reports the epoch's objective (kNN top-1 on the validation split unless the objective
-    is a train/ metric) to the sweep's study coordinator; every rank learns its verdict."""
-    verdict = [False]
-    if rank == 0:
-        objective = pruning["objective"]
-        if objective not in metrics:
-            metrics["downstream/knn_top1"] = score()
-        value = metrics.get(objective, metrics["downstream/knn_top1"])
-        verdict = [ray.get(pruning["coordinator"].report.remote(pruning["trial"], epoch, value))]
-    if world > 1:
-        torch.distributed.broadcast_object_list(verdict, src=0)
-    return bool(verdict[0])
-
-
 def train_worker(loop_config: dict) -> None:
     config = SSLabConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -65,18 +30,21 @@ def train_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
     torch.manual_seed(config.seed * 1000 + rank)  # model init is synchronised by DDP; augmentations differ per rank
     device = ray.train.torch.get_device()
-    train, val = load_splits(config)
+    splits = load_splits(config)  # train / val / test and the normalisation measured on train
+    train, val = splits.train, splits.val
     per_worker_batch = config.train.batch_size // world
 
     bank = loop_config.get("bank")
     pretext = config.workload.kind != "contrastive"
     learner, objective = build_learner(config, bank, len(train))
+    if pretext:
+        learner.normalization = splits.normalization  # the task's inputs: normalised with the data's mean/std
     learner = batchnorm_for_workers(learner, config, world, device)
     optimizer = build_optimizer(learner.parameters(), config.train)
     steps_per_epoch = len(train) // config.train.batch_size  # global batches: the same on every rank
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
     resumed, first_epoch, first_metrics = latest_state(), 0, {
-        "sslab.data_hash": train.content_hash, "sslab.node_id": ray.get_runtime_context().get_node_id()}
+        **data_record(splits), "sslab.node_id": ray.get_runtime_context().get_node_id()}
     if resumed:
         learner.load_state_dict(resumed["learner"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -84,7 +52,7 @@ def train_worker(loop_config: dict) -> None:
         first_epoch = resumed["epoch"] + 1
         first_metrics["train/resumed_from_epoch"] = first_epoch
     elif rank == 0 and config.eval.random_init_baseline:
-        first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), train, val, device))
+        first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), splits, device))
     channels_last = device.type == "cuda"  # bf16 tensor-core convolutions want NHWC; autotune them too
     if channels_last:
         torch.backends.cudnn.benchmark = True
@@ -101,7 +69,7 @@ def train_worker(loop_config: dict) -> None:
                 bank.load_state_dict(resumed["bank"])
             if world > 1:
                 torch.distributed.barrier()  # nobody queries the bank before it is restored
-    augment = SimCLRAugment(config.data.image_size, **config.augment.model_dump()).to(device)
+    augment = make_augment(config, splits.normalization).to(device)
 
     progress = _progress_bar(config, rank, steps_per_epoch, first_epoch)
     for epoch in range(first_epoch, config.train.epochs):
@@ -138,7 +106,8 @@ def train_worker(loop_config: dict) -> None:
         pruning = loop_config.get("pruning")
         if pruning and epoch < config.train.epochs - 1:
             encoder = encoder_of(learner)
-            if should_prune(pruning, metrics, epoch, rank, world, lambda: knn_top1(config, encoder, train, val, device)):
+            if should_prune(pruning, metrics, epoch, rank, world,
+                            lambda objective: val_metrics(config, encoder, splits, objective, device)):
                 report_epoch({**metrics, "sslab.pruned": 1}, state)
                 return
         report_epoch(metrics, state)
@@ -149,7 +118,7 @@ def train_worker(loop_config: dict) -> None:
         ray.train.report({"epoch": config.train.epochs})
         return
     figures = {f"{config.workload.kind}.png": task_figure(unwrap(learner), val, device)} if pretext else {}
-    report_final(config, encoder_of(learner), backbone_kwargs(config), train, val, device, figures=figures,
+    report_final(config, encoder_of(learner), backbone_kwargs(config), splits, device, figures=figures,
                  encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)
 
 

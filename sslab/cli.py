@@ -23,7 +23,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     recorded = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
-    scores = {k: round(v, 4) for k, v in sorted(recorded.items()) if k.startswith(("downstream/", "repr/"))}
+    scores = {k: round(v, 4) for k, v in sorted(recorded.items()) if k.startswith(("downstream/", "repr/", "test/"))}
     print(json.dumps({"run_id": result.run_id, "experiment_id": result.experiment_id, **scores}, indent=2))
     print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking.uri}", file=sys.stderr)
     return 0
@@ -44,9 +44,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     summary = {"parent_run_id": result.parent_run_id, "study": result.study_name, "trials": result.counts}
     if result.best:
         number, value, params = result.best
-        summary["best"] = {"trial": number, config.search.objective: value, "params": params}
+        summary["best"] = {"trial": number, config.search.objective: value, "params": params, "test": result.best_test}
         shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in params.items())
         print(f"best trial {number}: {config.search.objective} = {value:.4f} ({shown})", file=sys.stderr)
+        if result.best_test:  # the held-out split: reported, never selected on
+            print("  its held-out test scores: " + ", ".join(f"{k} = {v:.4f}" for k, v in result.best_test.items()),
+                  file=sys.stderr)
     print(json.dumps(summary, indent=2))
     # absolute: the command works from any directory
     print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}", file=sys.stderr)

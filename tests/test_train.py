@@ -41,8 +41,8 @@ def test_train_leaves_finished_run_with_metrics_artifacts_and_params(ray_local, 
     local = client.download_artifacts(result.run_id, "encoder.pt", str(workdir))
     sample = "examples/data/cifar10_sample.parquet"
     out = subprocess.run(
-        [os.path.join(BIN, "sslab"), "eval", local, "--train", f"{sample}#split=train&val_fraction=0.1&seed=0",
-         "--test", f"{sample}#split=val&val_fraction=0.1&seed=0"],
+        [os.path.join(BIN, "sslab"), "eval", local, "--train", f"{sample}#split=train&val_fraction=0.1&test_fraction=0.1&seed=0",
+         "--test", f"{sample}#split=val&val_fraction=0.1&test_fraction=0.1&seed=0"],
         capture_output=True, text=True, check=True,
     )
     scores = json.loads(out.stdout)

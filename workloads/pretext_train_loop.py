@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from .pretext.base import PretextTask, normalize
+from .pretext.base import PretextTask, normalization_of, normalize
 from .train_loop import EpochStats, autocast_for, full_batches
 
 PAD = 4  # the standard CIFAR crop padding, pixels
@@ -70,7 +70,7 @@ def pretext_train_epoch(
             x = batch.float().div_(255.0)
             if augment:
                 x = crop_flip(x)
-            x = normalize(x)
+            x = normalize(x, normalization_of(task))  # the data's mean/std
         with autocast_for(device, precision):
             out = task(x, ids)
         optimizer.zero_grad(set_to_none=True)
