@@ -176,6 +176,9 @@ class SSLabConfig(Section):
             from .search_config import check_search
 
             check_search(self)
+            if self.search.objective.endswith("linear_top1") and not self.eval.linear_probe:
+                raise ValueError(f"search.objective {self.search.objective!r} needs the linear probe, and "
+                                 "eval.linear_probe is false: set eval.linear_probe: true or choose another objective")
         return self
 
     @model_validator(mode="after")

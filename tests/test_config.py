@@ -91,3 +91,10 @@ def test_key_batchnorm_settings_that_work_resolve(monkeypatch):
     config = load_config(QUICKSTART, [*bank, "bank.shuffle_bn=shuffle", "resources.workers=2",
                                       "model.sync_batchnorm=false"])
     assert config.bank.shuffle_bn == "shuffle" and config.train.global_negatives is True
+
+
+def test_a_linear_probe_objective_without_the_probe_is_refused(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError, match="needs the linear probe, and eval.linear_probe is false"):
+        load_config(QUICKSTART, ["search.objective=downstream/linear_top1", "eval.linear_probe=false"])
+    assert load_config(QUICKSTART, ["search.objective=downstream/linear_top1"]).eval.linear_probe is True
