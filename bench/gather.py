@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from workloads.contrastive import ContrastiveLearner  # noqa: E402
+from workloads.methods.contrastive import ContrastiveLearner  # noqa: E402
 from workloads.models import ProjectionHead, build_backbone  # noqa: E402
 
 TEMPERATURE, MARGIN, LR, WEIGHT_DECAY, HIDDEN, OUT_DIM = 0.5, 1.0, 1e-3, 1e-4, 256, 64

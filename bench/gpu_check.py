@@ -41,9 +41,9 @@ sys.path.insert(0, HERE)
 from train_step import DATA, HIDDEN, LR, MARGIN, OUT_DIM, TEMPERATURE, WEIGHT_DECAY, compare, load_uint8_images  # noqa: E402
 
 from workloads.augment import SimCLRAugment  # noqa: E402
-from workloads.contrastive import LOSSES, ContrastiveLearner, two_view_loss  # noqa: E402
+from workloads.methods.contrastive import LOSSES, ContrastiveLearner, two_view_loss  # noqa: E402
 from workloads.models import ProjectionHead, build_backbone  # noqa: E402
-from workloads.train_loop import train_epoch  # noqa: E402
+from workloads.training.loop import train_epoch  # noqa: E402
 
 NT_XENT_LOSS_RTOL = 1e-2  # |loss_bf16 - loss_fp32| / |loss_fp32|
 NT_XENT_GRAD_RTOL = 5e-2  # ||g_bf16 - g_fp32|| / ||g_fp32||, gradient of the embedding layer's weight

@@ -34,8 +34,8 @@ METRIC = {"rotation": "accuracy", "exemplar": "accuracy", "relative_position": "
 def run(kind: str, epochs: int, folder: str) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.config_loader import load_config
-    from orchestrator.train_run import run_training
+    from orchestrator.config.loader import load_config
+    from orchestrator.training.run import run_training
 
     example = "quickstart" if kind == "contrastive" else kind
     tracking = f"sqlite:///{folder}/mlflow.db"

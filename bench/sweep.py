@@ -33,8 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_arm(pruner: str, trials: int, epochs: int, seed: int, folder: str) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.config_loader import load_config
-    from orchestrator.sweep import run_sweep
+    from orchestrator.config.loader import load_config
+    from orchestrator.sweep.driver import run_sweep
 
     search = {"objective": "downstream/knn_top1", "direction": "maximize", "sampler": "tpe", "pruner": pruner,
               "n_trials": trials, "max_concurrent_trials": 2, "seed": seed,

@@ -39,10 +39,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from workloads.augment import SimCLRAugment  # noqa: E402
-from workloads.contrastive import ContrastiveLearner  # noqa: E402
+from workloads.methods.contrastive import ContrastiveLearner  # noqa: E402
 from workloads.losses import nt_xent_loss  # noqa: E402
 from workloads.models import ProjectionHead, build_backbone  # noqa: E402
-from workloads.train_loop import train_epoch, warmup_cosine  # noqa: E402
+from workloads.training.loop import train_epoch, warmup_cosine  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data",
                     "cifar10_sample.parquet")

@@ -7,7 +7,7 @@ import yaml
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.config_loader import load_config
+    from orchestrator.config.loader import load_config
 
     config = load_config(args.config, args.set)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
@@ -15,8 +15,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from orchestrator.config_loader import load_config
-    from orchestrator.train_run import run_training
+    from orchestrator.config.loader import load_config
+    from orchestrator.training.run import run_training
 
     config = load_config(args.config, args.set)
     result = run_training(config)
@@ -30,9 +30,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator.config_loader import ConfigError, load_config
-    from orchestrator.job_submit import submission_address
-    from orchestrator.sweep import run_sweep
+    from orchestrator.config.loader import ConfigError, load_config
+    from orchestrator.jobs.submit import submission_address
+    from orchestrator.sweep.driver import run_sweep
 
     config = load_config(args.config, args.set)
     if config.search is None:
@@ -58,7 +58,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def submit(address: str, args: argparse.Namespace, config) -> int:
     """The sweep as a Ray job on the cluster at `address`: its submission id on stdout, the rest on stderr."""
-    from orchestrator.job_submit import submit_sweep
+    from orchestrator.jobs.submit import submit_sweep
 
     submission = submit_sweep(address, args.config, args.set, config)
     for note in submission.notes:
@@ -71,28 +71,28 @@ def submit(address: str, args: argparse.Namespace, config) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.job_watch import status
+    from orchestrator.jobs.watch import status
 
     print(status(args.address, args.id), end="")
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from orchestrator.job_watch import logs
+    from orchestrator.jobs.watch import logs
 
     logs(args.address, args.id, args.follow)
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from orchestrator.job_watch import stop
+    from orchestrator.jobs.watch import stop
 
     print(stop(args.address, args.id, wait_s=0 if args.no_wait else args.wait), end="")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from orchestrator.evaluate_checkpoint import evaluate_checkpoint
+    from orchestrator.training.evaluate_checkpoint import evaluate_checkpoint
 
     scores = evaluate_checkpoint(args.checkpoint, args.train, args.test, knn_k=args.knn_k,
                                  knn_temperature=args.knn_temperature, linear_probe=not args.no_linear_probe,
@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from orchestrator.compare import compare_runs, format_rows
+    from orchestrator.tracking.compare import compare_runs, format_rows
 
     rows = compare_runs(args.tracking_uri, args.experiment, metric=args.metric, top=args.top, direction=args.direction)
     if not rows:
@@ -175,10 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.compare import CompareError
-    from orchestrator.config_loader import ConfigError
-    from orchestrator.coordinator import StudyBusyError
-    from orchestrator.job_client import JobError
+    from orchestrator.tracking.compare import CompareError
+    from orchestrator.config.loader import ConfigError
+    from orchestrator.sweep.coordinator import StudyBusyError
+    from orchestrator.jobs.client import JobError
     from workloads.errors import DataError
 
     args = build_parser().parse_args(argv)

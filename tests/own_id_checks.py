@@ -8,7 +8,7 @@ hardest, info_nce and sampled negatives with brute force written out from the de
 import torch
 import torch.nn.functional as F
 
-from workloads.bank_objective import BankObjective
+from workloads.methods.bank_objective import BankObjective
 
 QUERY_IDS = {"queue": [3, 7, 11, 13], "instance": [2, 9, 17, 28]}  # instance: one per shard of 4
 

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from workloads.models.batchnorm import GlobalBatchNorm, SplitBatchNorm, convert_batchnorm
-from workloads.momentum_contrast import MomentumKeyEncoder
+from workloads.methods.momentum_contrast import MomentumKeyEncoder
 
 WORLD, ROWS = 2, 8
 

@@ -10,7 +10,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from conftest import BIN, ROOT
-from orchestrator.compare import CompareError, compare_runs, format_rows
+from orchestrator.tracking.compare import CompareError, compare_runs, format_rows
 
 T0 = 1_700_000_000_000
 PARAMS = {"workload": "contrastive", "loss": "infonce", "margin": "0.5", "batch_size": "64", "lr": "0.03",

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.config_loader import ConfigError, load_config
+from orchestrator.config.loader import ConfigError, load_config
 
 from conftest import ROOT
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.config import SSLabConfig
-from orchestrator.trial_eval import SPLIT_KEYS, check_splits, data_record, load_splits
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.training.trial_eval import SPLIT_KEYS, check_splits, data_record, load_splits
 from workloads.data import (CIFAR10, DataError, Normalization, load_images, load_labels, split_three_ways,
                             stratified_split)
 

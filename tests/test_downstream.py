@@ -1,16 +1,16 @@
-"""workloads.downstream and orchestrator.trial_eval: what the scores are measured on, and with what."""
+"""workloads.evaluate.downstream and orchestrator.training.trial_eval: what the scores are measured on, and with what."""
 import pytest
 import torch
 from torch import nn
 
-from orchestrator.config import SSLabConfig
-from orchestrator.evaluate_checkpoint import evaluate_checkpoint
-from orchestrator.trial_eval import (Splits, VAL_METRICS, check_pruning_objective, knn_top1, make_augment,
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.training.evaluate_checkpoint import evaluate_checkpoint
+from orchestrator.training.trial_eval import (Splits, VAL_METRICS, check_pruning_objective, knn_top1, make_augment,
                                      random_init_knn, val_metrics)
 from workloads.augment import SimCLRAugment
 from workloads.checkpoint import save_encoder
 from workloads.data import CIFAR10, Normalization, load_images, split_three_ways
-from workloads.downstream import downstream_scores, linear_top1, representation_scores
+from workloads.evaluate.downstream import downstream_scores, linear_top1, representation_scores
 from workloads.evaluate import alignment, knn_accuracy, uniformity
 from workloads.evaluate.features import extract_features
 from workloads.evaluate.linear_probe import fit_linear_probe

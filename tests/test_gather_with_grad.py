@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.contrastive import LOSSES, ContrastiveLearner
+from workloads.methods.contrastive import LOSSES, ContrastiveLearner
 from workloads.distributed import gather_with_grad, rank_and_world
 
 WORLD, ROWS, IN_DIM = 2, 6, 12  # a global batch of 12 images, 6 per rank

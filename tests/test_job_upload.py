@@ -4,9 +4,9 @@ import os
 import pytest
 
 from orchestrator import job_upload
-from orchestrator.job_client import JobError
-from orchestrator.job_submit import submission_address
-from orchestrator.job_upload import EXCLUDES, check_upload, runtime_env, travelling_files
+from orchestrator.jobs.client import JobError
+from orchestrator.jobs.submit import submission_address
+from orchestrator.jobs.upload import EXCLUDES, check_upload, runtime_env, travelling_files
 
 
 def write(path, size=10):

@@ -10,7 +10,7 @@ from workloads.pretext.context_encoder import ContextEncoder, square_masks
 from workloads.pretext.decoder import ImageDecoder
 from workloads.pretext.denoising import DenoisingAutoencoder
 from workloads.pretext.encoders import build_encoder
-from workloads.pretext.split_brain import SplitBrain
+from workloads.pretext.color.split_brain import SplitBrain
 
 from pretext_helpers import mean_of, train
 

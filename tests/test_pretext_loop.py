@@ -9,7 +9,7 @@ from workloads.data.load import load_images
 from workloads.models.backbones import SmallConvNet
 from workloads.pretext.base import PretextStep, PretextTask, normalize
 from workloads.pretext.rotation import RotationPrediction
-from workloads.pretext_train_loop import crop_flip, pretext_train_epoch
+from workloads.training.pretext_loop import crop_flip, pretext_train_epoch
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data", "cifar10_sample.parquet")
 CPU = torch.device("cpu")

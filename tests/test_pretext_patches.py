@@ -10,15 +10,15 @@ import torch
 from matplotlib.figure import Figure
 
 from workloads.pretext.base import to_unit
-from workloads.pretext.jigsaw import Jigsaw, _greedy_permutations, maximal_hamming_permutations, shuffle_tiles
-from workloads.pretext.patches import (
+from workloads.pretext.patches.jigsaw import Jigsaw, _greedy_permutations, maximal_hamming_permutations, shuffle_tiles
+from workloads.pretext.patches.grid import (
     COLOR_NOISE,
     PatchGrid,
     crop_patches,
     drop_colors,
     resize_to_grid,
 )
-from workloads.pretext.relative_position import NEIGHBOURS, RelativePosition
+from workloads.pretext.patches.relative_position import NEIGHBOURS, RelativePosition
 
 from pretext_helpers import small_task, train
 

@@ -3,7 +3,7 @@ round trip for each encoder wrapper (plain backbone, lightness-in, split-brain h
 path, MLflow record and `sslab eval` of a pretext run are checked by the grid sweep in test_sweep.py."""
 import pytest
 
-from orchestrator.config_loader import ConfigError, load_config
+from orchestrator.config.loader import ConfigError, load_config
 
 from conftest import ROOT
 
@@ -29,11 +29,11 @@ def test_each_example_builds_trains_a_step_and_its_encoder_checkpoint_round_trip
     """Without Ray: the example's task from its config, one epoch of 2 steps, then encoder.pt rebuilt."""
     import torch
 
-    from orchestrator.learners import backbone_kwargs, build_learner, encoder_of
+    from orchestrator.training.learners import backbone_kwargs, build_learner, encoder_of
     from workloads.checkpoint import load_encoder, save_encoder
     from workloads.data import load_images
     from workloads.pretext.registry import encoder_spec
-    from workloads.pretext_train_loop import pretext_train_epoch
+    from workloads.training.pretext_loop import pretext_train_epoch
 
     monkeypatch.chdir(ROOT)
     config = load_config(f"examples/{kind}.yaml", ["model.width=4"])

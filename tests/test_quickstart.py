@@ -7,7 +7,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config_loader import load_config
+from orchestrator.config.loader import load_config
 
 from conftest import BIN, ROOT
 

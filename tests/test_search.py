@@ -1,4 +1,4 @@
-"""The `search:` block (orchestrator.search_config) and the Optuna objects it makes (orchestrator.study)."""
+"""The `search:` block (orchestrator.config.search) and the Optuna objects it makes (orchestrator.sweep.study)."""
 import importlib.util
 
 import optuna
@@ -7,10 +7,10 @@ import yaml
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from orchestrator.config import SSLabConfig
-from orchestrator.search_config import SearchConfig, check_search
-from orchestrator.config_loader import ConfigError, load_config
-from orchestrator.study import (apply_params, exhausted, make_pruner, make_sampler, make_storage, open_study,
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.search import SearchConfig, check_search
+from orchestrator.config.loader import ConfigError, load_config
+from orchestrator.sweep.study import (apply_params, exhausted, make_pruner, make_sampler, make_storage, open_study,
                                 recover_interrupted, space_size, storage_url, suggest)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config_loader import load_config
-from orchestrator.evaluate_checkpoint import evaluate_checkpoint
-from orchestrator.sweep import run_sweep
+from orchestrator.config.loader import load_config
+from orchestrator.training.evaluate_checkpoint import evaluate_checkpoint
+from orchestrator.sweep.driver import run_sweep
 from workloads.data import Normalization, load_images
 
 from conftest import ROOT

@@ -203,11 +203,11 @@ def test_resume_settles_each_interrupted_trial_as_its_mlflow_run_ended(workdir, 
     from types import SimpleNamespace
 
     from orchestrator import sweep
-    from orchestrator.config_loader import load_config
-    from orchestrator.local_paths import with_absolute_paths
-    from orchestrator.study_actor import StudyCoordinator
-    from orchestrator.sweep_record import SweepRecord
-    from orchestrator.tracking import log_metrics
+    from orchestrator.config.loader import load_config
+    from orchestrator.config.local_paths import with_absolute_paths
+    from orchestrator.sweep.study_actor import StudyCoordinator
+    from orchestrator.sweep.record import SweepRecord
+    from orchestrator.tracking.record import log_metrics
 
     search = {**SEARCH, "pruner": "median"}
     config = with_absolute_paths(load_config(os.path.join(ROOT, "examples", "quickstart.yaml"),

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config_loader import load_config
-from orchestrator.train_run import run_training
+from orchestrator.config.loader import load_config
+from orchestrator.training.run import run_training
 
 from conftest import BIN, ROOT
 

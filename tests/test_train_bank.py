@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
-from orchestrator.config_loader import load_config
-from orchestrator.train_run import run_training
+from orchestrator.config.loader import load_config
+from orchestrator.training.run import run_training
 
 from conftest import ROOT
 

@@ -25,8 +25,8 @@ SCRIPT = textwrap.dedent("""
     try:
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address
-        from orchestrator.config_loader import load_config
-        from orchestrator.train_run import run_training
+        from orchestrator.config.loader import load_config
+        from orchestrator.training.run import run_training
         runs = {}
         for spec in sys.argv[2:]:
             name, *overrides = spec.split(" ")

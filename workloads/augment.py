@@ -33,7 +33,7 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import crop_and_resize
 
-from .data.normalization import CIFAR10
+from workloads.data.normalization import CIFAR10
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "SimCLRAugment", "normalize", "random_resized_crop_boxes"]
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.normalization import CIFAR10, Normalization
-from .pretext.registry import build_encoder
+from workloads.data.normalization import CIFAR10, Normalization
+from workloads.pretext.registry import build_encoder
 
 FORMAT = "sslab.encoder/1"
 

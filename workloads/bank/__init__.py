@@ -4,11 +4,11 @@ uses (NegativeBank) and its in-process implementation (LocalBank), the own-id ex
 both banks (own_mask, merge_topk: no image is its own negative). The Ray-backed, sharded bank
 is orchestrator.memory_bank.ShardedMemoryBank, built on the same pieces."""
 
-from .exact_info_nce import exact_info_nce, merge_partials
-from .local import LocalBank
-from .own_id import merge_topk, own_mask
-from .protocol import NegativeBank
-from .shard import BankShard
+from workloads.bank.exact_info_nce import exact_info_nce, merge_partials
+from workloads.bank.local import LocalBank
+from workloads.bank.own_id import merge_topk, own_mask
+from workloads.bank.protocol import NegativeBank
+from workloads.bank.shard import BankShard
 
 __all__ = ["BankShard", "merge_partials", "exact_info_nce", "NegativeBank", "LocalBank",
            "own_mask", "merge_topk"]

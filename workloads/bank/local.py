@@ -15,9 +15,9 @@ import math
 
 import torch
 
-from .exact_info_nce import exact_info_nce
-from .own_id import check_ids, merge_topk
-from .shard import BankShard
+from workloads.bank.exact_info_nce import exact_info_nce
+from workloads.bank.own_id import check_ids, merge_topk
+from workloads.bank.shard import BankShard
 
 SEEN_STEPS = 1024
 

@@ -1,5 +1,5 @@
 """The memory bank as the training step sees it: a small protocol that both the in-process
-LocalBank (workloads.bank.local) and the Ray-backed ShardedMemoryBank (orchestrator.memory_bank)
+LocalBank (workloads.bank.local) and the Ray-backed ShardedMemoryBank (orchestrator.memory_bank.client)
 satisfy, so that `workloads` never imports Ray.
 
 Staleness contract. At step t, every worker first queries the bank (info_nce / hardest /
@@ -14,7 +14,7 @@ Own-image contract. Every key carries the data-set id of its image, in both mode
 pushed with it, -1 when unknown; instance: the entry's id). A query given `query_ids` [B] never
 has a key of its own id among its negatives: `info_nce` is exact over the other keys (value and
 gradient), `hardest` never returns them, and `sample(..., with_ids=True)` returns the ids with
-which the caller drops them (workloads.bank_objective masks those logits). In instance mode this
+which the caller drops them (workloads.methods.bank_objective masks those logits). In instance mode this
 is InstDisc's rule: the entry of the query's own image is never its negative. The id -1 matches
 nothing. The ids are part of state_dict(); a state saved without them loads with ids -1.
 """

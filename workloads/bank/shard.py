@@ -16,7 +16,7 @@ go over the keys in chunks of `chunk` rows, so their memory is O(B * chunk).
 import torch
 import torch.nn.functional as F
 
-from .own_id import UNKNOWN, check_ids, own_mask
+from workloads.bank.own_id import UNKNOWN, check_ids, own_mask
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INIT_BLOCK = 1 << 14

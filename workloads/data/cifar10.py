@@ -4,7 +4,7 @@ import hashlib
 import torch
 from torchvision.datasets import CIFAR10
 
-from .dataset import ImageDataset
+from workloads.data.dataset import ImageDataset
 
 
 def load_cifar10(root: str, train: bool = True, download: bool = True) -> ImageDataset:

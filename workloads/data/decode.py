@@ -6,7 +6,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import resize
 
-from .errors import DataError
+from workloads.data.errors import DataError
 
 
 def decode_images(

@@ -1,3 +1,3 @@
-from ..errors import DataError
+from workloads.errors import DataError
 
 __all__ = ["DataError"]

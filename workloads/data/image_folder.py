@@ -4,9 +4,9 @@ import hashlib
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .dataset import ImageDataset
-from .decode import decode_images
-from .errors import DataError
+from workloads.data.dataset import ImageDataset
+from workloads.data.decode import decode_images
+from workloads.data.errors import DataError
 
 
 def load_image_folder(root: str, image_size: int | None = None) -> ImageDataset:

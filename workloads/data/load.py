@@ -13,12 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import torch
 
-from .cifar10 import load_cifar10
-from .dataset import ImageDataset
-from .errors import DataError
-from .image_folder import load_folder_labels, load_image_folder
-from .parquet import load_parquet, load_parquet_labels
-from .split import split_three_ways
+from workloads.data.cifar10 import load_cifar10
+from workloads.data.dataset import ImageDataset
+from workloads.data.errors import DataError
+from workloads.data.image_folder import load_folder_labels, load_image_folder
+from workloads.data.parquet import load_parquet, load_parquet_labels
+from workloads.data.split import split_three_ways
 
 
 def detect_format(uri: str) -> str:

@@ -7,9 +7,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from .dataset import ImageDataset
-from .decode import decode_images
-from .errors import DataError
+from workloads.data.dataset import ImageDataset
+from workloads.data.decode import decode_images
+from workloads.data.errors import DataError
 
 
 def open_filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:

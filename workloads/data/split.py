@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .errors import DataError
+from workloads.data.errors import DataError
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,12 +5,12 @@ Each computes in float32 (float64 for float64 inputs) and returns a scalar in th
 so bfloat16/float16 inputs give a float32 loss whose gradients flow back in the input dtype.
 """
 
-from .contrastive import contrastive_loss
-from .info_nce import info_nce_loss
-from .lifted_structured import lifted_structured_loss
-from .npair import npair_loss
-from .nt_xent import nt_xent_loss
-from .triplet import triplet_loss
+from workloads.losses.contrastive import contrastive_loss
+from workloads.losses.info_nce import info_nce_loss
+from workloads.losses.lifted_structured import lifted_structured_loss
+from workloads.losses.npair import npair_loss
+from workloads.losses.nt_xent import nt_xent_loss
+from workloads.losses.triplet import triplet_loss
 
 __all__ = [
     "contrastive_loss",

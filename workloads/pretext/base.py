@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..data.normalization import CIFAR10, Normalization, active_normalization, using_normalization
+from workloads.data.normalization import CIFAR10, Normalization, active_normalization, using_normalization
 
 
 @dataclass

@@ -23,9 +23,9 @@ import math
 
 import torch
 
-from .base import PretextStep, PretextTask, to_unit
-from .checks import check_choice, check_range
-from .decoder import ImageDecoder, image_rows_figure
+from workloads.pretext.base import PretextStep, PretextTask, to_unit
+from workloads.pretext.checks import check_choice, check_range
+from workloads.pretext.decoder import ImageDecoder, image_rows_figure
 
 MASKS = ("center", "random")
 

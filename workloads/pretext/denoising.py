@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import PretextStep, PretextTask, to_unit
-from .checks import check_choice, check_range
-from .decoder import ImageDecoder, image_rows_figure
+from workloads.pretext.base import PretextStep, PretextTask, to_unit
+from workloads.pretext.checks import check_choice, check_range
+from workloads.pretext.decoder import ImageDecoder, image_rows_figure
 
 NOISES = ("gaussian", "masking")
 

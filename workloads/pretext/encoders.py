@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.backbones import build_backbone
-from .lab import normalized_to_lab, scale_ab, scale_l, split_lab
+from workloads.models.backbones import build_backbone
+from workloads.pretext.color.lab import normalized_to_lab, scale_ab, scale_l, split_lab
 
 WRAPPERS = ("gray", "split_brain")
 

@@ -39,9 +39,9 @@ from kornia.geometry.transform import crop_and_resize, rotate
 from matplotlib.figure import Figure
 from torch import nn
 
-from ..augment import random_resized_crop_boxes
-from .base import PretextStep, PretextTask, accuracy, normalize, to_unit
-from .checks import check_range
+from workloads.augment import random_resized_crop_boxes
+from workloads.pretext.base import PretextStep, PretextTask, accuracy, normalize, to_unit
+from workloads.pretext.checks import check_range
 
 
 class ExemplarDiscrimination(PretextTask):

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models import build_backbone
-from .base import PretextTask
+from workloads.models import build_backbone
+from workloads.pretext.base import PretextTask
 
 # kind -> (module, class name, the encoder wrapper it trains); imported lazily: one task per run
 TASKS = {
     "rotation": ("rotation", "RotationPrediction", None),
     "exemplar": ("exemplar", "ExemplarDiscrimination", None),
-    "relative_position": ("relative_position", "RelativePosition", None),
-    "jigsaw": ("jigsaw", "Jigsaw", None),
-    "colorization": ("colorization", "Colorization", "gray"),
+    "relative_position": ("patches.relative_position", "RelativePosition", None),
+    "jigsaw": ("patches.jigsaw", "Jigsaw", None),
+    "colorization": ("color.colorization", "Colorization", "gray"),
     "denoising": ("denoising", "DenoisingAutoencoder", None),
     "context_encoder": ("context_encoder", "ContextEncoder", None),
-    "split_brain": ("split_brain", "SplitBrain", "split_brain"),
+    "split_brain": ("color.split_brain", "SplitBrain", "split_brain"),
 }
 
 
@@ -30,7 +30,7 @@ def encoder_spec(kind: str) -> str | None:
 def build_encoder(backbone: str, backbone_kwargs: dict, wrapper: str | None) -> nn.Module:
     if wrapper is None:
         return build_backbone(backbone, **backbone_kwargs)
-    from .encoders import build_encoder as build_wrapped
+    from workloads.pretext.encoders import build_encoder as build_wrapped
 
     return build_wrapped(backbone, backbone_kwargs, wrapper)
 

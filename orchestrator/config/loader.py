@@ -1,0 +1,105 @@
+"""Read a YAML config, apply --set overrides, validate, and name key path + file position on error."""
+import os
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.workload import KINDS, WORKLOADS
+
+
+class ConfigError(ValueError):
+    """A config problem, located: file:line:col, the key path, and what would be valid."""
+
+
+def _positions(node: yaml.Node, path: tuple = ()) -> dict[tuple, tuple[int, int]]:
+    """Map each key path in the YAML document to (line, column), 1-based."""
+    found = {path: (node.start_mark.line + 1, node.start_mark.column + 1)}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            found[path + (key.value,)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+            found.update({k: v for k, v in _positions(value, path + (key.value,)).items() if k != path + (key.value,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found.update(_positions(item, path + (index,)))
+    return found
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """`train.epochs=5` sets raw['train']['epochs'] = 5; the value is parsed as YAML."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5")
+    *parents, leaf = key.strip().split(".")
+    target = raw
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {assignment!r}: '{part}' is not a section")
+    target[leaf] = yaml.safe_load(value)
+
+
+def load_config(path: str, overrides: list[str] = ()) -> SSLabConfig:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    with open(path) as handle:
+        text = handle.read()
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, train, ...)")
+    positions = _positions(node) if node is not None else {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        config = SSLabConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_errors(path, error, positions, overrides)) from None
+    check_files(path, config)
+    return config
+
+
+def format_errors(path: str, error: ValidationError, positions: dict, overrides: list[str]) -> str:
+    lines = [f"{path}: {error.error_count()} config error(s)"]
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        kind = loc[1] if loc[:1] == ("workload",) and len(loc) > 1 and loc[1] in KINDS else None
+        if kind:  # the union's tag is not a key of the file
+            loc = loc[:1] + loc[2:]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        where = next((positions[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in positions), None)
+        place = f"{path}:{where[0]}:{where[1]}" if where and not _overridden(key, overrides) else "--set" if _overridden(key, overrides) else path
+        got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; valid keys here: " + ", ".join(_valid_keys(loc[:-1], kind))
+            if kind:
+                message = f"unknown key for workload kind {kind!r}; valid keys: " + ", ".join(_valid_keys(loc[:-1], kind))
+        lines.append(f"  {place}: {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def _overridden(key: str, overrides: list[str]) -> bool:
+    return any(o.partition("=")[0].strip() == key for o in overrides)
+
+
+def _valid_keys(loc: tuple, kind: str | None = None) -> list[str]:
+    model: Any = SSLabConfig
+    for part in loc:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        # the workload block is a union: its keys are those of its kind
+        model = WORKLOADS[kind or "contrastive"] if model is SSLabConfig and part == "workload" else field.annotation
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def check_files(path: str, config: SSLabConfig) -> None:
+    """Local data must exist now, not after the cluster has started."""
+    uri = config.data.uri.partition("#")[0]
+    if "://" not in uri and not os.path.exists(uri):
+        raise ConfigError(f"{path}: data.uri: no such file or directory: {uri!r} (paths are relative to the working directory)")

@@ -1,0 +1,112 @@
+"""The MLflow record of DESIGN.md: experiments, runs, params, status that tells the truth."""
+import os
+import subprocess
+import tempfile
+import time
+import traceback
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config.schema import SSLabConfig
+
+# The short names DESIGN.md's record promises, beside the full dotted config.
+CONTRACT_PARAMS = {
+    "workload": "workload.kind", "loss": "workload.loss", "temperature": "workload.temperature",
+    "margin": "workload.margin", "batch_size": "train.batch_size", "lr": "train.lr", "epochs": "train.epochs",
+    "backbone": "model.backbone", "seed": "seed", "data_uri": "data.uri",
+}
+
+
+# What a run learns only once its data is loaded: reported by the workers with the first epoch
+# (orchestrator.trial_eval.data_record) and recorded as params by the MLflow callback.
+REPORTED_PARAMS = {"sslab.data_hash": "data_hash", "sslab.test_data_hash": "test_data_hash",
+                   "sslab.data_mean": "data_mean", "sslab.data_std": "data_std"}
+
+
+def reported_params(report: dict) -> list[Param]:
+    """The params among a worker's report (REPORTED_PARAMS), as MLflow Params."""
+    return [Param(name, str(report[key])) for key, name in REPORTED_PARAMS.items() if key in report]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_params(config: SSLabConfig) -> dict[str, str]:
+    flat = {k: v for k, v in flatten(config.model_dump()).items() if not k.startswith("tracking.")}
+    params = {short: flat[full] for short, full in CONTRACT_PARAMS.items() if full in flat}  # pretext: no loss
+    params.update({k: v for k, v in flat.items() if k not in CONTRACT_PARAMS.values()})
+    return {k: str(v) for k, v in params.items()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracker:
+    """Creates and closes runs; per-epoch logging happens in the Ray Train callback."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifact_location)
+        )
+
+    def start_run(self, config: SSLabConfig, kind: str, run_name: str | None = None, tags: dict | None = None) -> str:
+        all_tags = {"sslab.kind": kind, **(tags or {})}
+        commit = git_commit()
+        if commit:
+            all_tags["mlflow.source.git.commit"] = commit
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        params = run_params(config)
+        if commit:
+            params["code_version"] = commit
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "config.yaml")
+            with open(path, "w") as handle:
+                yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
+            self.client.log_artifact(run_id, path)
+        return run_id
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def prune(self, run_id: str) -> None:
+        """Stopped early by the sweep's pruner: KILLED, tagged so."""
+        self.client.set_tag(run_id, "sslab.pruned", "true")
+        self.client.set_terminated(run_id, "KILLED")
+
+    def fail(self, run_id: str, error: BaseException) -> None:
+        """FAILED with the error as a tag and an artifact; KILLED when stopped (Ctrl-C, SIGTERM)."""
+        killed = isinstance(error, (KeyboardInterrupt, SystemExit))  # Ctrl-C; SIGTERM via Ray's handler
+        message = f"{type(error).__name__}: {error}"
+        self.client.log_batch(run_id, tags=[RunTag("sslab.error", message[:4900])])
+        # the status first: a process cut short during the upload below must not leave the run RUNNING
+        self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "error.txt")
+            with open(path, "w") as handle:
+                handle.write("".join(traceback.format_exception(error)))
+            self.client.log_artifact(run_id, path)
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])

@@ -1,0 +1,89 @@
+"""`sslab train`: one pretraining run through Ray Train, recorded as one MLflow run."""
+from dataclasses import dataclass
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.local_paths import with_absolute_paths
+from orchestrator.tracking.mlflow_callback import MlflowReportCallback
+from orchestrator.ray_runtime import ensure_ray
+from orchestrator.tracking.record import Tracker
+from orchestrator.training.worker import train_worker
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    metrics: dict
+    checkpoint_dir: str | None
+    pruned: bool = False
+
+
+def scaling_for(config: SSLabConfig) -> ray.train.ScalingConfig:
+    resources = config.resources
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
+                                   resources_per_worker=per_worker)
+
+
+def open_bank(config: SSLabConfig):
+    """The trial's one memory bank (shard actors), shared by all its workers; None without a bank."""
+    if config.bank.mode == "none":
+        return None
+    from orchestrator.memory_bank import ShardedMemoryBank
+
+    spec = config.bank
+    return ShardedMemoryBank(size=spec.size, dim=config.model.projection_dim, num_shards=spec.shards, mode=spec.mode,
+                             momentum=spec.momentum, dtype=spec.dtype, world_size=config.resources.workers,
+                             seed=config.seed, snapshot_every=spec.snapshot_every, num_cpus=spec.cpus_per_shard)
+
+
+def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = None, run_name: str | None = None,
+                 pruning: dict | None = None) -> TrainResult:
+    """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error.
+
+    pruning: {"coordinator": StudyCoordinator handle, "trial": number, "objective": metric} for a
+    sweep's trial; a pruned run ends KILLED with tag sslab.pruned=true.
+    """
+    config = with_absolute_paths(config)
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment or config.name, config.tracking.artifact_location)
+    run_id = tracker.start_run(config, kind=kind, run_name=run_name or config.name, tags=tags)
+    bank = None
+    try:
+        ensure_ray()
+        bank = open_bank(config)
+        if bank is not None:
+            tracker.client.set_tag(run_id, "sslab.bank_nodes", ",".join(sorted(set(map(str, bank.shard_nodes)))))
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": config.model_dump(mode="json"), "bank": bank, "pruning": pruning},
+            scaling_config=scaling_for(config),
+            run_config=ray.train.RunConfig(
+                name=f"{config.name}-{run_id[:8]}",
+                storage_path=config.storage.path,
+                callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
+                failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        result = trainer.fit()
+    except BaseException as error:
+        tracker.fail(run_id, error)
+        raise
+    finally:
+        if bank is not None:
+            bank.close()
+    metrics = dict(result.metrics or {})
+    pruned = bool(metrics.get("sslab.pruned"))
+    if pruned:
+        tracker.prune(run_id)
+    else:
+        tracker.finish(run_id)
+    checkpoint_dir = result.checkpoint.path if result.checkpoint and not pruned else None
+    return TrainResult(run_id, tracker.experiment_id, config.tracking.uri, metrics, checkpoint_dir, pruned)

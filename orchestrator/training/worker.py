@@ -1,0 +1,147 @@
+"""The per-worker function of a Ray Train run: a contrastive or pretext workload, reporting through ray.train."""
+import ray.train
+import ray.train.torch
+import torch
+
+from workloads.training.bank_loop import train_epoch_with_bank
+from workloads.pretext.registry import encoder_spec
+from workloads.training.pretext_loop import pretext_train_epoch
+from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
+
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.training.final_report import report_final
+from orchestrator.training.learners import (backbone_kwargs, batchnorm_for_workers, build_learner, encoder_of, key_encoder_for, task_figure,
+                       unwrap)
+from orchestrator.training.state import latest_state, report_epoch
+from orchestrator.training.trial_eval import data_record, load_splits, make_augment, random_init_knn, should_prune, val_metrics
+
+
+def build_optimizer(params, train) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True)
+    cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def train_worker(loop_config: dict) -> None:
+    config = SSLabConfig.model_validate(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
+    torch.manual_seed(config.seed * 1000 + rank)  # model init is synchronised by DDP; augmentations differ per rank
+    device = ray.train.torch.get_device()
+    splits = load_splits(config)  # train / val / test and the normalisation measured on train
+    train, val = splits.train, splits.val
+    per_worker_batch = config.train.batch_size // world
+
+    bank = loop_config.get("bank")
+    pretext = config.workload.kind != "contrastive"
+    learner, objective = build_learner(config, bank, len(train))
+    if pretext:
+        learner.normalization = splits.normalization  # the task's inputs: normalised with the data's mean/std
+    learner = batchnorm_for_workers(learner, config, world, device)
+    optimizer = build_optimizer(learner.parameters(), config.train)
+    steps_per_epoch = len(train) // config.train.batch_size  # global batches: the same on every rank
+    scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
+    resumed, first_epoch, first_metrics = latest_state(), 0, {
+        **data_record(splits), "sslab.node_id": ray.get_runtime_context().get_node_id()}
+    if resumed:
+        learner.load_state_dict(resumed["learner"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        first_epoch = resumed["epoch"] + 1
+        first_metrics["train/resumed_from_epoch"] = first_epoch
+    elif rank == 0 and config.eval.random_init_baseline:
+        first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), splits, device))
+    channels_last = device.type == "cuda"  # bf16 tensor-core convolutions want NHWC; autotune them too
+    if channels_last:
+        torch.backends.cudnn.benchmark = True
+        learner = learner.to(memory_format=torch.channels_last)
+        train.images = train.images.to(device)  # uint8 and decoded once: index batches on the GPU
+    learner = ray.train.torch.prepare_model(learner)
+    key_encoder = None
+    if objective is not None:
+        key_encoder = key_encoder_for(learner, config)  # from the DDP-synchronised query encoder
+        if resumed:
+            key_encoder.load_state_dict(resumed["key_encoder"])
+            key_encoder.synchronise()  # rank 0's state on every rank
+            if rank == 0:
+                bank.load_state_dict(resumed["bank"])
+            if world > 1:
+                torch.distributed.barrier()  # nobody queries the bank before it is restored
+    augment = make_augment(config, splits.normalization).to(device)
+
+    progress = _progress_bar(config, rank, steps_per_epoch, first_epoch)
+    for epoch in range(first_epoch, config.train.epochs):
+        indices = epoch_shard(len(train), epoch, config.seed, rank, world, config.train.batch_size)
+        step_losses: list[list[float]] = []
+        tick = _step_hook(progress, config.train.log_step_loss_every, epoch * steps_per_epoch, step_losses)
+        task_metrics = {}
+        if pretext:
+            stats, task_metrics = pretext_train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device),
+                                                      per_worker_batch, device, config.train.precision, on_step=tick)
+        elif objective is None:
+            stats = train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device), augment,
+                                per_worker_batch, device, config.train.precision, on_step=tick, channels_last=channels_last)
+        else:
+            stats = train_epoch_with_bank(learner, key_encoder, objective, optimizer, scheduler, train.images, indices,
+                                          augment, per_worker_batch, device, epoch * steps_per_epoch, rank,
+                                          config.train.precision, on_step=tick)
+        metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s,
+                   **{f"pretext/{name}": value for name, value in task_metrics.items()}}
+        if step_losses:
+            metrics["sslab.step_losses"] = step_losses
+        if epoch == first_epoch:
+            metrics.update(first_metrics)
+        if bank is not None:
+            metrics.update(bank.metrics())
+        if progress:
+            progress.set_description(f"epoch {epoch + 1}/{config.train.epochs} loss {stats.loss:.3f}")
+        state = None
+        if rank == 0:
+            state = {"learner": unwrap(learner).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch}
+            if bank is not None:
+                state.update(key_encoder=key_encoder.state_dict(), bank=bank.state_dict())
+        pruning = loop_config.get("pruning")
+        if pruning and epoch < config.train.epochs - 1:
+            encoder = encoder_of(learner)
+            if should_prune(pruning, metrics, epoch, rank, world,
+                            lambda objective: val_metrics(config, encoder, splits, objective, device)):
+                report_epoch({**metrics, "sslab.pruned": 1}, state)
+                return
+        report_epoch(metrics, state)
+    if progress:
+        progress.close()
+
+    if rank != 0:
+        ray.train.report({"epoch": config.train.epochs})
+        return
+    figures = {f"{config.workload.kind}.png": task_figure(unwrap(learner), val, device)} if pretext else {}
+    report_final(config, encoder_of(learner), backbone_kwargs(config), splits, device, figures=figures,
+                 encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)
+
+
+def _step_hook(progress, every: int, first_step: int, step_losses: list):
+    """The loops' on_step: the progress bar, and every `every` global steps the step's loss
+    ([global step, loss], reported with the epoch and logged as train/step_loss)."""
+    if progress is None and not every:
+        return None
+
+    def on_step(step: int, loss: torch.Tensor) -> None:
+        if progress is not None:
+            progress.update(1)
+        if every and (first_step + step) % every == 0:
+            step_losses.append([first_step + step, float(loss)])
+
+    return on_step
+
+
+def _progress_bar(config: SSLabConfig, rank: int, steps_per_epoch: int, first_epoch: int):
+    if rank != 0 or not config.train.progress:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=steps_per_epoch * config.train.epochs, desc=f"epoch {first_epoch + 1}/{config.train.epochs}")
+    bar.update(steps_per_epoch * first_epoch)
+    return bar
