@@ -7,11 +7,21 @@ import yaml
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from orchestrator.config.schema import SSLabConfig
-from orchestrator.config.search import SearchConfig, check_search
 from orchestrator.config.loader import ConfigError, load_config
-from orchestrator.sweep.study import (apply_params, exhausted, make_pruner, make_sampler, make_storage, open_study,
-                                recover_interrupted, space_size, storage_url, suggest)
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.search import SearchConfig
+from orchestrator.config.search_checks import apply_params, check_search
+from orchestrator.sweep.study import (
+    exhausted,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    open_study,
+    recover_interrupted,
+    space_size,
+    storage_url,
+    suggest,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

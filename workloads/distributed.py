@@ -55,3 +55,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if rank_and_world()[1] == 1:
         return x
     return _GatherWithGrad.apply(x)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a DistributedDataParallel wrapper holds (or the module itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

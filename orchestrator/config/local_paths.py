@@ -1,14 +1,34 @@
-"""Relative paths mean the caller's working directory; Ray processes run elsewhere, so make them absolute."""
+"""Relative paths mean the caller's working directory; Ray processes run elsewhere, so make them absolute.
+
+One rule for every store URL (MLflow's tracking URI, Optuna's storage): sqlite:///relative.db and
+journal:relative.log become absolute, database servers and http(s) URLs stay as they are.
+"""
 import os
+
+from sqlalchemy.engine import make_url
 
 from orchestrator.config.schema import SSLabConfig
 
+DEFAULT_STUDY_STORAGE = "sqlite:///optuna.db"
 
-def absolute_sqlite_uri(uri: str) -> str:
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
-    return uri
+
+def local_store_path(url: str) -> str | None:
+    """The file a store URL keeps its data in on this machine (sqlite, journal), or None for a server."""
+    if url.startswith("journal:"):
+        return url[len("journal:"):].strip()
+    if url.startswith("sqlite:"):
+        return make_url(url).database or ":memory:"
+    return None
+
+
+def absolute_store_url(url: str) -> str:
+    """sqlite:////abs/file.db, journal:/abs/file, or the URL as given."""
+    path = local_store_path(url)
+    if path is None or path == ":memory:" or os.path.isabs(path):
+        return url
+    if url.startswith("journal:"):
+        return "journal:" + os.path.abspath(path)
+    return make_url(url).set(database=os.path.abspath(path)).render_as_string(hide_password=False)
 
 
 def absolute_local(uri: str) -> str:
@@ -20,10 +40,7 @@ def with_absolute_paths(config: SSLabConfig) -> SSLabConfig:
     resolved = config.model_copy(deep=True)
     resolved.data.uri = absolute_local(config.data.uri)
     resolved.storage.path = absolute_local(config.storage.path)
-    resolved.tracking.uri = absolute_sqlite_uri(config.tracking.uri)
+    resolved.tracking.uri = absolute_store_url(config.tracking.uri)
     if config.search is not None:  # the study is opened by an actor, elsewhere
-        storage = config.search.storage or "sqlite:///optuna.db"
-        if storage.startswith("journal:"):
-            storage = "journal:" + os.path.abspath(storage[len("journal:"):])
-        resolved.search.storage = absolute_sqlite_uri(storage)
+        resolved.search.storage = absolute_store_url(config.search.storage or DEFAULT_STUDY_STORAGE)
     return resolved

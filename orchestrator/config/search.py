@@ -37,16 +37,13 @@ GridSampler for a plain product, its BruteForceSampler when the space is conditi
 """
 from __future__ import annotations
 
-import difflib
-import functools
 import re
-import types
-import typing
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from orchestrator.config.workload import WORKLOADS
+from orchestrator.config.search_keys import check_key, problems_message
+from orchestrator.config.sections import Section
 
 MARGIN_LOSSES = ("contrastive", "triplet", "lifted_structured")
 INFONCE_LOSSES = ("nt_xent", "info_nce")
@@ -58,17 +55,9 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
 METRICS = ("train/loss", "train/lr", "train/images_per_s", "downstream/knn_top1", "downstream/linear_top1",
            "repr/alignment", "repr/uniformity")
 METRIC_PREFIXES = ("downstream/", "repr/", "train/", "bank/")
-NOT_SEARCHABLE = ("name", "search", "tracking", "storage")  # identity and where results go, not hyperparameters
 GRID_SAMPLERS = ("grid",)
 
 Choice = Union[bool, int, float, str, None]
-
-
-class Section(BaseModel):
-    """orchestrator.config.Section's twin: this module imports nothing from config at import time,
-    because config.py imports SearchConfig from here (the config lookups below import it lazily)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ParamSpec(Section):
@@ -101,9 +90,9 @@ class ParamSpec(Section):
         """The range or choices against the config field the key names (errors land on the key)."""
         self._shape()
         if self.key is not None:
-            problems, _ = _check_key(self.key, self)
+            problems, _ = check_key(self.key, self)
             if problems:
-                raise ValueError(_problems(problems))
+                raise ValueError(problems_message(problems))
         return self
 
     def _shape(self) -> None:
@@ -210,10 +199,10 @@ class SearchConfig(Section):
             problems.append("n_trials / timeout_minutes: set at least one (a number of trials, a time budget, or both)")
         for key, spec in list(self.space.items()):
             if spec.key != key:  # an entry given as a ParamSpec object rather than a dict
-                found, _ = _check_key(key, spec)
+                found, _ = check_key(key, spec)
                 problems += [f"space.{key}: {p}" for p in found]
                 spec = self.space[key] = spec.model_copy(update={"key": key})
-            _, choices = _check_key(key, spec)
+            _, choices = check_key(key, spec)
             if choices is not None:  # the choices as the config field reads them ("1e-4" -> 0.0001)
                 self.space[key] = spec.model_copy(update={"choices": choices})
         for key, (parent, allowed) in CONDITIONS.items():
@@ -232,7 +221,7 @@ class SearchConfig(Section):
                 problems.append(f"sampler cmaes: needs at least two float or int dimensions that are always sampled "
                                 f"(got {numeric or 'none'}); CMA-ES would sample everything at random. Use tpe or gp")
         if problems:
-            raise ValueError(_problems(problems))
+            raise ValueError(problems_message(problems))
         return self
 
     @property
@@ -244,218 +233,3 @@ def _conditional_parent(key: str, search: SearchConfig) -> str | None:
     """The sampled key this key depends on, if any."""
     parent = CONDITIONS.get(key, (None,))[0]
     return parent if parent in search.space else None
-
-
-# --------------------------------------------------------------------------- the target fields
-
-
-def _strip_optional(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
-def _kind(annotation: Any) -> str:
-    """section | float | int | categorical | other, for a field's annotation."""
-    annotation = _strip_optional(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "section"
-    if typing.get_origin(annotation) is Literal or annotation in (bool, str):
-        return "categorical"
-    if annotation is int:
-        return "int"
-    if annotation is float:
-        return "float"
-    return "other"
-
-
-@functools.lru_cache(maxsize=None)
-def _searchable_keys() -> tuple:
-    return tuple(_walk_keys().items())
-
-
-def searchable_keys() -> dict[str, str]:
-    """Every dotted key a space may name -> its kind (float, int or categorical)."""
-    return dict(_searchable_keys())
-
-
-def _walk_keys() -> dict[str, str]:
-    """Every dotted key a space may name -> its kind (float, int or categorical)."""
-    from orchestrator.config.schema import SSLabConfig
-
-    found: dict[str, str] = {}
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            path = prefix + name
-            if path in NOT_SEARCHABLE:
-                continue
-            kind = _kind(field.annotation)
-            if path == "workload":  # a union by kind: the keys of every kind (check_search checks the config's)
-                for workload in WORKLOADS.values():
-                    walk(workload, "workload.")
-            elif kind == "section":
-                walk(_strip_optional(field.annotation), path + ".")
-            elif kind != "other":
-                found[path] = kind
-
-    walk(SSLabConfig, "")
-    return found
-
-
-def _field(key: str):
-    from orchestrator.config.schema import SSLabConfig
-
-    model: Any = SSLabConfig
-    *parents, leaf = key.split(".")
-    if parents == ["workload"]:  # the first kind that has it (a key's type is the same in every kind)
-        return next((w.model_fields[leaf] for w in WORKLOADS.values() if leaf in w.model_fields), None)
-    for part in parents:
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return None
-        model = _strip_optional(field.annotation)
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        return None
-    return model.model_fields.get(leaf)
-
-
-@functools.lru_cache(maxsize=None)
-def _adapter(key: str) -> TypeAdapter:
-    field = _field(key)
-    annotation = typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    return TypeAdapter(annotation)
-
-
-def _unknown_key(key: str) -> str:
-    keys = searchable_keys()
-    section, _, _ = key.rpartition(".")
-    if key.split(".")[0] in NOT_SEARCHABLE:
-        return f"unknown key: {key.split('.')[0]} is not searchable (identity and output locations are not hyperparameters)"
-    field = _field(key)
-    if field is not None:
-        kind = _kind(field.annotation)
-        if kind == "section":
-            under = [k for k in keys if k.startswith(key + ".")]
-            return f"is a section, not a value; name one of its keys: {', '.join(under)}"
-        return f"is not a number, flag or choice ({field.annotation}) and cannot be searched"
-    under = sorted(k for k in keys if section and k.startswith(section + "."))
-    close = difflib.get_close_matches(key, keys, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    valid = under if under else sorted(keys)
-    where = f"under {section}" if under else "in the config"
-    return f"unknown key{hint}; valid keys {where}: {', '.join(valid)}"
-
-
-def _check_key(key: str, spec: ParamSpec) -> tuple[list[str], list | None]:
-    """Problems with one dimension against its target field, and its choices as the field reads them."""
-    keys = searchable_keys()
-    if key not in keys:
-        return [_unknown_key(key)], None
-    kind = keys[key]
-    if spec.type == "float" and kind != "float":
-        return [f"{key} is {'an integer' if kind == 'int' else 'a choice'} field; use "
-                f"{'type: int or ' if kind == 'int' else ''}type: categorical"], None
-    if spec.type == "int" and kind not in ("int", "float"):
-        return [f"{key} is a choice field; use type: categorical"], None
-    adapter = _adapter(key)
-    problems = []
-    if spec.type == "categorical":
-        validated = []
-        for choice in spec.choices:
-            try:
-                validated.append(adapter.validate_python(choice))
-            except ValidationError as error:
-                problems.append(f"choice {choice!r} is not a valid {key}: {_first_message(error)}")
-        return problems, (validated if not problems else None)
-    for bound in ("low", "high"):
-        value = getattr(spec, bound)
-        try:
-            adapter.validate_python(value)
-        except ValidationError as error:
-            problems.append(f"{bound} ({value}) is not a valid {key}: {_first_message(error)}")
-    return problems, None
-
-
-def _problems(problems: list[str]) -> str:
-    if len(problems) == 1:
-        return problems[0]
-    return "\n    ".join([f"{len(problems)} problems:"] + problems)
-
-
-def _first_message(error: ValidationError) -> str:
-    item = error.errors()[0]
-    return item["msg"].removeprefix("Value error, ")
-
-
-# --------------------------------------------------------------------------- against one config
-
-
-def _probe_values(spec: ParamSpec, limit: int = 512) -> list:
-    values = spec.values()
-    if values is None or len(values) > limit:
-        return [spec.low, spec.high]
-    return values
-
-
-def check_search(config: Any, search: SearchConfig | None = None) -> None:
-    """Check the space against one whole config (an SSLabConfig): raises ValueError naming each key.
-
-    - a conditional parameter whose parent is fixed in the config must be sampled under it
-      (e.g. workload.margin searched while workload.loss is nt_xent is an error);
-    - every value the space can take (each choice, each int of a range up to 512 values, the
-      bounds of a float range), set alone on the config, must give a valid config: this catches
-      the cross-field rules (batch_size a multiple of workers, a loss the bank's negatives serve,
-      warmup_epochs < epochs, ...). Combinations of several sampled keys are not enumerated.
-    Call it from SSLabConfig's `model_validator(mode="after")` when `search` is set.
-    """
-    from orchestrator.config.schema import SSLabConfig
-    from orchestrator.sweep.study import apply_params
-
-    search = search if search is not None else getattr(config, "search", None)
-    if search is None:
-        return
-    raw = config.model_dump(exclude={"search"})
-    problems = []
-    kind_fields = type(config.workload).model_fields
-    for key in search.space:
-        if key.startswith("workload.") and key != "workload.kind" and key.split(".", 1)[1] not in kind_fields:
-            problems.append(f"search.space.{key}: not a hyperparameter of workload kind {config.workload.kind!r} "
-                            f"(its keys: {', '.join(k for k in kind_fields if k != 'kind')})")
-    if problems:
-        raise ValueError(_problems(problems))
-    for key, (parent, allowed) in CONDITIONS.items():
-        if config.workload.kind != "contrastive":  # the conditions are on the contrastive loss
-            break
-        if key in search.space and parent not in search.space:
-            value = _get(raw, parent)
-            if value not in allowed:
-                problems.append(f"search.space.{key}: never sampled: it is used only when {parent} is one of "
-                                f"{', '.join(allowed)}, and {parent} is {value!r} (fixed); search {parent} too, or drop {key}")
-    for key, spec in search.space.items():
-        bad = []
-        for value in _probe_values(spec):
-            try:
-                SSLabConfig.model_validate(apply_params(raw, {key: value}))
-            except ValidationError as error:
-                bad.append(f"{value!r} would make the config invalid: {_first_message(error)}")
-        problems += [f"search.space.{key}: {b}" for b in bad[:3]]
-        if len(bad) > 3:
-            problems.append(f"search.space.{key}: ... and {len(bad) - 3} more invalid values")
-    if problems:
-        raise ValueError(_problems(problems))
-
-
-def _get(raw: Any, key: str) -> Any:
-    """A dotted key's value in a raw dict or a config object; None where absent."""
-    node = raw
-    for part in key.split("."):
-        if isinstance(node, dict):
-            node = node.get(part)
-        else:
-            node = getattr(node, part, None)
-        if node is None:
-            return None
-    return node

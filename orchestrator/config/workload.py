@@ -61,7 +61,13 @@ class JigsawWorkload(PatchWorkload):
     normalize_tiles: bool = True
 
 
-class ColorizationWorkload(Section):
+class DecoderWorkload(Section):
+    """A task that reconstructs pixels or colours through a decoder of the given width."""
+    kind: str  # each task's Literal; declared here so that it comes first
+    decoder_width: int = Field(64, ge=1, le=1024)
+
+
+class ColorizationWorkload(DecoderWorkload):
     """Colorization: the ab channels of Lab from the L channel (the encoder sees lightness only)."""
     kind: Literal["colorization"]
     mode: Literal["classification", "regression"] = "classification"
@@ -71,25 +77,22 @@ class ColorizationWorkload(Section):
     rebalance_sigma: float = Field(5.0, gt=0.0, le=50.0, description="Gaussian smoothing of the bin prior")
     soft_encoding: bool = True
     output_stride: Literal[1, 2, 4] = 4
-    decoder_width: int = Field(64, ge=1, le=1024)
 
 
-class DenoisingWorkload(Section):
+class DenoisingWorkload(DecoderWorkload):
     """Denoising autoencoder: reconstruct the clean image from a corrupted one."""
     kind: Literal["denoising"]
     noise: Literal["gaussian", "masking"] = "gaussian"
     noise_std: float = Field(0.3, gt=0.0, le=5.0, description="gaussian: std in normalised units")
     mask_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="masking: fraction of pixels zeroed")
-    decoder_width: int = Field(64, ge=1, le=1024)
 
 
-class ContextEncoderWorkload(Section):
+class ContextEncoderWorkload(DecoderWorkload):
     """Context encoder: mask a square region and reconstruct it from its surroundings."""
     kind: Literal["context_encoder"]
     mask: Literal["center", "random"] = "center"
     mask_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="the masked square's share of the image area")
     context_weight: float = Field(0.0, ge=0.0, le=1.0, description="loss weight outside the hole")
-    decoder_width: int = Field(64, ge=1, le=1024)
 
 
 class SplitBrainWorkload(Section):
@@ -99,7 +102,6 @@ class SplitBrainWorkload(Section):
     ab_bin_size: int = Field(10, ge=2, le=50)
     l_bins: int = Field(100, ge=2, le=256)
     output_stride: Literal[1, 2, 4] = 4
-    decoder_width: int = Field(64, ge=1, le=1024)
 
 
 PRETEXT_WORKLOADS = (RotationWorkload, ExemplarWorkload, RelativePositionWorkload, JigsawWorkload, ColorizationWorkload, DenoisingWorkload,

@@ -10,8 +10,8 @@ fine: the data travels with the working directory.
 import os
 import re
 
-from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.loader import ConfigError
+from orchestrator.config.schema import SSLabConfig
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")  # s3://, postgresql+psycopg2://, mlflow-artifacts:/, ...
 MLFLOW_NAMED_URIS = ("databricks", "databricks-uc", "uc")  # MLflow URIs without "://"

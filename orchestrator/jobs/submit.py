@@ -12,12 +12,12 @@ import shlex
 import uuid
 from dataclasses import dataclass
 
-from orchestrator.jobs.cluster_check import check_cluster_storage
-from orchestrator.config.schema import SSLabConfig
-from orchestrator.sweep.coordinator import study_key
-from orchestrator.jobs.client import JobError, connect, job_errors, sslab_jobs
-from orchestrator.jobs.upload import check_upload, runtime_env
 from orchestrator.config.local_paths import with_absolute_paths
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.jobs.client import JobError, connect, job_errors, sslab_jobs
+from orchestrator.jobs.cluster_check import check_cluster_storage
+from orchestrator.jobs.upload import check_upload, runtime_env
+from orchestrator.sweep.coordinator import study_key
 
 ACTIVE = ("PENDING", "RUNNING")
 # `sslab stop` (Ray's stop_job) sends the driver SIGTERM, then SIGKILL after this many seconds (Ray's

@@ -4,7 +4,13 @@ import sys
 import time
 from datetime import datetime
 
-from orchestrator.jobs.client import TERMINAL, address_of, connect, job_errors, sslab_jobs
+from orchestrator.jobs.client import (
+    TERMINAL,
+    address_of,
+    connect,
+    job_errors,
+    sslab_jobs,
+)
 
 
 def status(address: str | None, job_id: str | None) -> str:

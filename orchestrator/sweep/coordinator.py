@@ -9,6 +9,7 @@ or its node lost), and the name is free again for the next run, which resumes th
 import hashlib
 import time
 
+from orchestrator.config.local_paths import DEFAULT_STUDY_STORAGE
 from orchestrator.config.schema import SSLabConfig
 
 NAMESPACE = "sslab"
@@ -32,7 +33,7 @@ def start_coordinator(config: SSLabConfig, study_name: str):
     from orchestrator.sweep.study_actor import StudyCoordinator
 
     search = config.search
-    name = "study:" + study_key(study_name, search.storage or "sqlite:///optuna.db")
+    name = "study:" + study_key(study_name, search.storage or DEFAULT_STUDY_STORAGE)
     deadline = time.time() + RELEASE_WAIT_S
     while True:
         try:

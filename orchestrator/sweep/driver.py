@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 
 import ray
 
-from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.loader import ConfigError
-from orchestrator.sweep.coordinator import start_coordinator
 from orchestrator.config.local_paths import with_absolute_paths
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.search_checks import apply_params
 from orchestrator.ray_runtime import ensure_ray
-from orchestrator.sweep.study import apply_params
+from orchestrator.sweep.coordinator import start_coordinator
 from orchestrator.sweep.record import SweepRecord
-from orchestrator.training.trial_eval import check_pruning_objective, check_splits
 from orchestrator.training.run import run_training
+from orchestrator.training.trial_eval import check_pruning_objective, check_splits
 
 DONE = ("COMPLETE", "PRUNED")
 

@@ -8,6 +8,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.sweep.study import make_storage
 from orchestrator.tracking.record import Tracker, log_metrics
 
 
@@ -152,8 +153,6 @@ def study_figures(config: SSLabConfig, study_name: str) -> dict:
     matplotlib.use("Agg")
     import optuna
     from optuna.visualization import matplotlib as plots
-
-    from orchestrator.sweep.study import make_storage
 
     # the matplotlib plots are flagged experimental; the flag says nothing about this figure
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -2,7 +2,6 @@
 define-by-run suggestion of one trial's parameters (conditional ones after the loss)."""
 from __future__ import annotations
 
-import copy
 import importlib.util
 import itertools
 import math
@@ -13,9 +12,14 @@ from typing import Any, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from orchestrator.config.search import CONDITIONS, SearchConfig, _get
+from orchestrator.config.local_paths import (
+    DEFAULT_STUDY_STORAGE,
+    absolute_store_url,
+    local_store_path,
+)
+from orchestrator.config.search import CONDITIONS, SearchConfig
+from orchestrator.config.search_checks import get_key
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVE_ATTR = "sslab.objective"
 RETRY_ATTR = "sslab.retry_of"
 
@@ -34,7 +38,7 @@ def _active(key: str, params: Mapping[str, Any], base: Any) -> bool:
     if key not in CONDITIONS:
         return True
     parent, allowed = CONDITIONS[key]
-    value = params[parent] if parent in params else (_get(base, parent) if base is not None else None)
+    value = params[parent] if parent in params else (get_key(base, parent) if base is not None else None)
     return value is None or value in allowed
 
 
@@ -58,23 +62,6 @@ def suggest(trial: optuna.Trial, search: SearchConfig, base: Any = None) -> dict
         else:
             params[key] = trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
     return params
-
-
-def apply_params(raw: Mapping[str, Any], params: Mapping[str, Any]) -> dict:
-    """A deep copy of a raw config dict with each dotted key of params set (sections created as needed)."""
-    result = copy.deepcopy(dict(raw))
-    for key, value in params.items():
-        *parents, leaf = key.split(".")
-        node = result
-        for part in parents:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ValueError(f"cannot set {key}: {part} is {child!r}, not a section")
-            node = child
-        node[leaf] = value
-    return result
 
 
 def space_size(search: SearchConfig, base: Any = None) -> int | None:
@@ -187,34 +174,14 @@ def make_pruner(search: SearchConfig, epochs: int | None = None) -> optuna.prune
 
 def storage_url(search: SearchConfig) -> str:
     """The storage with local paths made absolute: sqlite:////abs/optuna.db, journal:/abs/file, or the URL."""
-    url = search.storage or DEFAULT_STORAGE
-    if url.startswith("journal:"):
-        return "journal:" + os.path.abspath(url[len("journal:"):].strip())
-    path = local_path(url)
-    if path is not None and path != ":memory:" and not os.path.isabs(path):
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).set(database=os.path.abspath(path)).render_as_string(hide_password=False)
-    return url
-
-
-def local_path(url: str) -> str | None:
-    """The file a storage URL keeps the study in on this machine (sqlite, journal), or None for a server."""
-    if url.startswith("journal:"):
-        return url[len("journal:"):].strip()
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return parsed.database or ":memory:"
-    return None
+    return absolute_store_url(search.storage or DEFAULT_STUDY_STORAGE)
 
 
 def make_storage(search: SearchConfig) -> optuna.storages.BaseStorage:
     """journal:PATH -> JournalStorage(JournalFileBackend(PATH)); any other URL -> RDBStorage (sqlite:
     its folder created, a 60 s busy timeout so that concurrent writers wait rather than fail)."""
     url = storage_url(search)
-    path = local_path(url)
+    path = local_store_path(url)
     if path is not None and path != ":memory:":
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if url.startswith("journal:"):
@@ -233,7 +200,7 @@ def open_study(search: SearchConfig, name: str, base: Any = None, epochs: int | 
     pruner's epochs (base.train.epochs). `storage` overrides make_storage(search) (e.g. in-memory).
     Reopening a study made for another objective or direction is refused."""
     if epochs is None and base is not None:
-        epochs = _get(base, "train.epochs")
+        epochs = get_key(base, "train.epochs")
     study_name = search.study_name or name
     study = optuna.create_study(storage=storage if storage is not None else make_storage(search),
                                 sampler=make_sampler(search, base), pruner=make_pruner(search, epochs),

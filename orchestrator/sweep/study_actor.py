@@ -5,14 +5,13 @@ storage (a SQLite file by default) at the same time.
 """
 import optuna
 
+from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.search import SearchConfig
 from orchestrator.sweep.study import exhausted, open_study, recover_interrupted, suggest
 
 
 class StudyCoordinator:
     def __init__(self, search: dict, study_name: str, base: dict):
-        from orchestrator.config.schema import SSLabConfig
-
         self.search = SearchConfig.model_validate(search)
         self.base = SSLabConfig.model_validate({**base, "search": None})
         self.study = open_study(self.search, study_name, base=self.base)

@@ -9,6 +9,8 @@ import io
 import json
 import os
 
+from orchestrator.config.local_paths import absolute_store_url, local_store_path
+
 DEFAULT_METRIC = "downstream/knn_top1"
 CONTRACT_PARAMS = ("workload", "loss", "temperature", "margin", "batch_size", "lr", "epochs", "backbone", "seed")
 CONTRACT_METRICS = ("downstream/knn_top1", "downstream/linear_top1", "repr/alignment", "repr/uniformity", "train/loss")
@@ -39,12 +41,10 @@ def compare_runs(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRI
         raise CompareError(f"direction must be 'maximize' or 'minimize', not {direction!r}")
     if top is not None and top < 1:
         raise CompareError(f"--top must be at least 1, not {top}")
-    uri = tracking_uri
-    if uri.startswith("sqlite:///"):  # relative to the working directory; never create an empty store
-        path = os.path.abspath(uri[len("sqlite:///"):])
-        if not os.path.exists(path):
-            raise CompareError(f"no MLflow store at {path} (--tracking-uri {tracking_uri})")
-        uri = "sqlite:///" + path
+    uri = absolute_store_url(tracking_uri)  # relative to the working directory
+    path = local_store_path(uri)
+    if path is not None and not os.path.exists(path):  # never create an empty store
+        raise CompareError(f"no MLflow store at {path} (--tracking-uri {tracking_uri})")
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage != "active":

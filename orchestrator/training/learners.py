@@ -1,16 +1,16 @@
 """The model a run trains, by workload: a pretext task, or a contrastive learner (in-batch or bank negatives)."""
 from torch import nn
 
+from orchestrator.config.schema import SSLabConfig
+from workloads.data import ImageDataset
+from workloads.distributed import unwrap
 from workloads.methods.bank_objective import BankObjective
 from workloads.methods.contrastive import ContrastiveLearner
-from workloads.data import ImageDataset
+from workloads.methods.momentum_contrast import MomentumKeyEncoder, QueryEncoder
 from workloads.models import ProjectionHead, build_backbone
 from workloads.models.batchnorm import convert_batchnorm
-from workloads.methods.momentum_contrast import MomentumKeyEncoder, QueryEncoder
 from workloads.pretext.base import PretextTask, normalize
 from workloads.pretext.registry import build_task
-
-from orchestrator.config.schema import SSLabConfig
 
 
 def backbone_kwargs(config: SSLabConfig) -> dict:
@@ -63,10 +63,6 @@ def key_encoder_for(learner: nn.Module, config: SSLabConfig) -> MomentumKeyEncod
     key_encoder.synchronise()
     return key_encoder
 
-
-def unwrap(learner: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or the module itself)."""
-    return learner.module if hasattr(learner, "module") else learner
 
 
 def encoder_of(learner):

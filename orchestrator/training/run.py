@@ -5,10 +5,11 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.local_paths import with_absolute_paths
-from orchestrator.tracking.mlflow_callback import MlflowReportCallback
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.memory_bank import ShardedMemoryBank
 from orchestrator.ray_runtime import ensure_ray
+from orchestrator.tracking.mlflow_callback import MlflowReportCallback
 from orchestrator.tracking.record import Tracker
 from orchestrator.training.worker import train_worker
 
@@ -36,8 +37,6 @@ def open_bank(config: SSLabConfig):
     """The trial's one memory bank (shard actors), shared by all its workers; None without a bank."""
     if config.bank.mode == "none":
         return None
-    from orchestrator.memory_bank import ShardedMemoryBank
-
     spec = config.bank
     return ShardedMemoryBank(size=spec.size, dim=config.model.projection_dim, num_shards=spec.shards, mode=spec.mode,
                              momentum=spec.momentum, dtype=spec.dtype, world_size=config.resources.workers,

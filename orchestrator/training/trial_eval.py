@@ -12,14 +12,20 @@ from typing import Callable, NamedTuple
 import ray
 import torch
 
-from workloads.augment import SimCLRAugment
-from workloads.data import (DataError, ImageDataset, Normalization, check_class_sizes, load_images, load_labels,
-                            split_three_ways)
-from workloads.evaluate.downstream import linear_top1, representation_scores
-from workloads.evaluate import knn_accuracy
-from workloads.evaluate.features import extract_features
-
 from orchestrator.config.schema import SSLabConfig
+from workloads.augment import SimCLRAugment
+from workloads.data import (
+    DataError,
+    ImageDataset,
+    Normalization,
+    check_class_sizes,
+    load_images,
+    load_labels,
+    split_three_ways,
+)
+from workloads.evaluate import knn_accuracy
+from workloads.evaluate.downstream import linear_top1, representation_scores
+from workloads.evaluate.features import extract_features
 
 # The objectives computed on the validation split when the pruner asks for them (not per-epoch metrics).
 VAL_METRICS = ("downstream/knn_top1", "downstream/linear_top1", "repr/alignment", "repr/uniformity")

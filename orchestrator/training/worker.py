@@ -3,17 +3,30 @@ import ray.train
 import ray.train.torch
 import torch
 
-from workloads.training.bank_loop import train_epoch_with_bank
-from workloads.pretext.registry import encoder_spec
-from workloads.training.pretext_loop import pretext_train_epoch
-from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
-
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.training.final_report import report_final
-from orchestrator.training.learners import (backbone_kwargs, batchnorm_for_workers, build_learner, encoder_of, key_encoder_for, task_figure,
-                       unwrap)
+from orchestrator.training.learners import (
+    backbone_kwargs,
+    batchnorm_for_workers,
+    build_learner,
+    encoder_of,
+    key_encoder_for,
+    task_figure,
+    unwrap,
+)
 from orchestrator.training.state import latest_state, report_epoch
-from orchestrator.training.trial_eval import data_record, load_splits, make_augment, random_init_knn, should_prune, val_metrics
+from orchestrator.training.trial_eval import (
+    data_record,
+    load_splits,
+    make_augment,
+    random_init_knn,
+    should_prune,
+    val_metrics,
+)
+from workloads.pretext.registry import encoder_spec
+from workloads.training.bank_loop import train_epoch_with_bank
+from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
+from workloads.training.pretext_loop import pretext_train_epoch
 
 
 def build_optimizer(params, train) -> torch.optim.Optimizer:

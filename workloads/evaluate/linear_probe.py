@@ -178,24 +178,14 @@ def _fit(train_x, train_y, weight_decay, epochs, lr, batch_size, seed, device, n
 
 
 def linear_probe_accuracy(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
-    epochs: int = 100,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    num_classes: int | None = None,
-    optimizer: str = "lbfgs",
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, **fit_options
 ) -> float:
     """Top-1 test accuracy in [0, 1] of a linear classifier trained on ``train_x``.
 
     Args:
         train_x, test_x: frozen features ``[N, D]`` (standardised here with train statistics).
         train_y, test_y: integer class labels ``[N]``.
+        fit_options: ``fit_linear_probe``'s, by name:
         epochs: L-BFGS: the most iterations; Adam: passes over the training set. >= 1.
         lr: L-BFGS: initial step (default 1.0); Adam: peak learning rate (default 1e-2). > 0.
         weight_decay: L2 coefficient on the weights (not the bias), >= 0; None (default): chosen
@@ -207,9 +197,8 @@ def linear_probe_accuracy(
         optimizer: ``"lbfgs"`` (full batch, default) or ``"adam"`` (mini-batch).
     """
     train_x, train_y, test_x, test_y = check_features_labels(train_x, train_y, test_x, test_y)
-    _check_options(epochs, lr, batch_size, optimizer, weight_decay)
-    num_classes = _num_classes(num_classes, train_y, test_y)
-    probe = fit_linear_probe(train_x, train_y, weight_decay, epochs, lr, batch_size, seed, device, num_classes, optimizer)
+    num_classes = _num_classes(fit_options.pop("num_classes", None), train_y, test_y)
+    probe = fit_linear_probe(train_x, train_y, num_classes=num_classes, **fit_options)
     return probe.accuracy(test_x, test_y)
 
 

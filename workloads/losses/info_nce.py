@@ -13,6 +13,8 @@ inputs); returns a scalar of that dtype.
 import torch
 import torch.nn.functional as F
 
+from workloads.losses.shapes import paired_rows
+
 
 def info_nce_loss(
     query: torch.Tensor,
@@ -20,15 +22,7 @@ def info_nce_loss(
     negatives: torch.Tensor | None,
     temperature: float,
 ) -> torch.Tensor:
-    if query.ndim != 2 or query.shape[0] < 1:
-        raise ValueError(
-            f"info_nce_loss: query must be [B, D] with B >= 1, got {list(query.shape)}"
-        )
-    B, D = query.shape
-    if positive.shape != query.shape:
-        raise ValueError(
-            f"info_nce_loss: positive must be [B, D] = {[B, D]}, got {list(positive.shape)}"
-        )
+    B, D = paired_rows("info_nce_loss", "query", query, positive)
     if negatives is not None and not (
         (negatives.ndim == 2 and negatives.shape[1] == D)
         or (negatives.ndim == 3 and negatives.shape[0] == B and negatives.shape[2] == D)

@@ -11,19 +11,13 @@ here). The paper's L2 penalty on the embeddings is left to the caller. Computed 
 
 import torch
 
+from workloads.losses.shapes import paired_rows
+
 
 def npair_loss(
     anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor
 ) -> torch.Tensor:
-    if anchor.ndim != 2 or anchor.shape[0] < 1:
-        raise ValueError(
-            f"npair_loss: anchor must be [B, D] with B >= 1, got {list(anchor.shape)}"
-        )
-    B, D = anchor.shape
-    if positive.shape != anchor.shape:
-        raise ValueError(
-            f"npair_loss: positive must be [B, D] = {[B, D]}, got {list(positive.shape)}"
-        )
+    B, D = paired_rows("npair_loss", "anchor", anchor, positive)
     if negatives.ndim != 3 or negatives.shape[0] != B or negatives.shape[2] != D:
         raise ValueError(
             f"npair_loss: negatives must be [B, M, D] with B={B}, D={D}, "

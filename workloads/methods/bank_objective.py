@@ -12,8 +12,13 @@ import torch
 
 from workloads.bank.own_id import own_mask
 from workloads.bank.protocol import NegativeBank
-from workloads.losses import contrastive_loss, info_nce_loss, lifted_structured_loss, npair_loss, triplet_loss
-
+from workloads.losses import (
+    contrastive_loss,
+    info_nce_loss,
+    lifted_structured_loss,
+    npair_loss,
+    triplet_loss,
+)
 from workloads.methods.negatives import NEGATIVES
 
 

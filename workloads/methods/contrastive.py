@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from workloads.distributed import gather_with_grad
-from workloads.losses import contrastive_loss, info_nce_loss, lifted_structured_loss, npair_loss, nt_xent_loss, triplet_loss
+from workloads.losses import (
+    contrastive_loss,
+    info_nce_loss,
+    lifted_structured_loss,
+    npair_loss,
+    nt_xent_loss,
+    triplet_loss,
+)
 
 LOSSES = ("nt_xent", "info_nce", "contrastive", "triplet", "lifted_structured", "npair")
 

@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from workloads.data.normalization import CIFAR10, Normalization, active_normalization, using_normalization
+from workloads.data.normalization import (
+    CIFAR10,
+    Normalization,
+    active_normalization,
+    using_normalization,
+)
 
 
 @dataclass

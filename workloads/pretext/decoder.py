@@ -48,7 +48,9 @@ class ImageDecoder(nn.Module):
 
 def image_rows_figure(rows: list[tuple[str, torch.Tensor]], cell: float = 1.1):
     """A figure of image rows, each (title, RGB in [0, 1] [n, 3, H, W]), for the tasks' figure()."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, safe under the Agg backend
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no global state, safe under the Agg backend
+    )
 
     n = max(len(images) for _, images in rows)
     fig = Figure(figsize=(cell * n, (cell + 0.25) * len(rows)), layout="constrained")

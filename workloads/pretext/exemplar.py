@@ -40,7 +40,13 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from workloads.augment import random_resized_crop_boxes
-from workloads.pretext.base import PretextStep, PretextTask, accuracy, normalize, to_unit
+from workloads.pretext.base import (
+    PretextStep,
+    PretextTask,
+    accuracy,
+    normalize,
+    to_unit,
+)
 from workloads.pretext.checks import check_range
 
 

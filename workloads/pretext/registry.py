@@ -9,6 +9,7 @@ from torch import nn
 
 from workloads.models import build_backbone
 from workloads.pretext.base import PretextTask
+from workloads.pretext.encoders import build_encoder as build_wrapped
 
 # kind -> (module, class name, the encoder wrapper it trains); imported lazily: one task per run
 TASKS = {
@@ -30,8 +31,6 @@ def encoder_spec(kind: str) -> str | None:
 def build_encoder(backbone: str, backbone_kwargs: dict, wrapper: str | None) -> nn.Module:
     if wrapper is None:
         return build_backbone(backbone, **backbone_kwargs)
-    from workloads.pretext.encoders import build_encoder as build_wrapped
-
     return build_wrapped(backbone, backbone_kwargs, wrapper)
 
 

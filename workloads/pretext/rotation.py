@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from workloads.pretext.base import PretextStep, PretextTask, accuracy, classifier_head, to_unit
+from workloads.pretext.base import (
+    PretextStep,
+    PretextTask,
+    accuracy,
+    classifier_head,
+    to_unit,
+)
 
 ROTATIONS = 4
 DEGREES = (0, 90, 180, 270)

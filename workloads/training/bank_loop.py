@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from workloads.distributed import unwrap
 from workloads.methods.bank_objective import BankObjective
 from workloads.methods.momentum_contrast import MomentumKeyEncoder
 from workloads.training.loop import EpochStats, autocast_for, full_batches
@@ -32,7 +33,7 @@ def train_epoch_with_bank(
 ) -> EpochStats:
     """`indices` are this worker's data-set ids for the epoch; `first_step` is the global step count so far."""
     query_encoder.train()
-    plain = query_encoder.module if hasattr(query_encoder, "module") else query_encoder
+    plain = unwrap(query_encoder)
     steps = full_batches(len(indices), batch_size)
     total = torch.zeros((), device=device)
     start = time.perf_counter()

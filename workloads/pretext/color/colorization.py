@@ -29,9 +29,17 @@ import torch.nn.functional as F
 
 from workloads.pretext.base import PretextStep, PretextTask, to_unit
 from workloads.pretext.checks import check_choice, check_range
+from workloads.pretext.color.lab import (
+    ABQuantizer,
+    lab_to_rgb,
+    normalized_to_lab,
+    scale_ab,
+    scale_l,
+    split_lab,
+    unscale_ab,
+)
 from workloads.pretext.decoder import ImageDecoder, image_rows_figure
 from workloads.pretext.encoders import GrayEncoder
-from workloads.pretext.color.lab import ABQuantizer, lab_to_rgb, normalized_to_lab, scale_ab, scale_l, split_lab, unscale_ab
 
 MODES = ("classification", "regression")
 _PRIOR_WINDOW = 1000  # the running prior averages over at most this many recent batches

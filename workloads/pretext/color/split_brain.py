@@ -30,10 +30,20 @@ import torch.nn.functional as F
 
 from workloads.pretext.base import PretextStep, PretextTask
 from workloads.pretext.checks import check_choice, check_range
+from workloads.pretext.color.lab import (
+    ABQuantizer,
+    l_bin_centers,
+    lab_to_rgb,
+    normalized_to_lab,
+    quantize_l,
+    scale_ab,
+    scale_l,
+    split_lab,
+    unscale_ab,
+    unscale_l,
+)
 from workloads.pretext.decoder import ImageDecoder, image_rows_figure
 from workloads.pretext.encoders import SplitBrainEncoder
-from workloads.pretext.color.lab import (ABQuantizer, l_bin_centers, lab_to_rgb, normalized_to_lab, quantize_l, scale_ab, scale_l, split_lab,
-                  unscale_ab, unscale_l)
 
 MODES = ("classification", "regression")
 

@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from workloads.pretext.base import PretextStep, PretextTask, accuracy, classifier_head, to_unit
+from workloads.pretext.base import (
+    PretextStep,
+    PretextTask,
+    accuracy,
+    classifier_head,
+    to_unit,
+)
 from workloads.pretext.patches.grid import GRID, PatchGrid, check_int
 
 TILES = GRID * GRID
@@ -94,30 +100,13 @@ class Jigsaw(PretextTask):
     >= 0, picks the set's first permutation. grayscale_p: probability in [0, 1] that an image's
     tiles are grey. normalize_tiles: each tile to zero mean, unit std. hidden: width of the head's
     hidden layer (base.classifier_head), 0 for a linear head; integer >= 0.
-    grid_size, gap, jitter, downsample_p, color_drop_p: patches.PatchGrid's.
+    grid: PatchGrid's grid_size, gap, jitter, downsample_p, color_drop_p (its defaults).
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        feature_dim: int,
-        *,
-        permutations: int = 100,
-        permutation_seed: int = 0,
-        grid_size: int = 96,
-        gap: int = 8,
-        jitter: int = 3,
-        downsample_p: float = 0.0,
-        color_drop_p: float = 0.0,
-        grayscale_p: float = 0.3,
-        normalize_tiles: bool = True,
-        hidden: int = 256,
-    ):
+    def __init__(self, encoder: nn.Module, feature_dim: int, *, permutations: int = 100, permutation_seed: int = 0,
+                 grayscale_p: float = 0.3, normalize_tiles: bool = True, hidden: int = 256, **grid):
         super().__init__(encoder)
-        self.grid = PatchGrid(
-            grid_size, gap, jitter, downsample_p=downsample_p, color_drop_p=color_drop_p,
-            grayscale_p=grayscale_p, normalize_patches=normalize_tiles,
-        )
+        self.grid = PatchGrid(grayscale_p=grayscale_p, normalize_patches=normalize_tiles, **grid)
         self.hidden = check_int("hidden", hidden, 0)
         self.chance = 1.0 / permutations
         # A buffer: checkpoints carry the set the head's classes refer to.

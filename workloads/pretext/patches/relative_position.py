@@ -21,8 +21,20 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from workloads.pretext.base import PretextStep, PretextTask, accuracy, classifier_head, to_unit
-from workloads.pretext.patches.grid import CENTRE, GRID, POSITION_NAMES, PatchGrid, check_int
+from workloads.pretext.base import (
+    PretextStep,
+    PretextTask,
+    accuracy,
+    classifier_head,
+    to_unit,
+)
+from workloads.pretext.patches.grid import (
+    CENTRE,
+    GRID,
+    POSITION_NAMES,
+    PatchGrid,
+    check_int,
+)
 
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)  # label -> grid position of the neighbour
 
@@ -31,25 +43,14 @@ class RelativePosition(PretextTask):
     """8-way classification of a neighbour patch's position relative to the centre patch.
 
     hidden: width of the head's hidden layer (base.classifier_head), 0 for a linear head; integer >= 0.
-    grid_size, gap, jitter, downsample_p, color_drop_p: patches.PatchGrid's.
+    color_drop_p (default 1: chromatic aberration), grid: PatchGrid's grid_size, gap, jitter, downsample_p.
     """
 
     chance = 1.0 / len(NEIGHBOURS)
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        feature_dim: int,
-        *,
-        grid_size: int = 96,
-        gap: int = 8,
-        jitter: int = 3,
-        downsample_p: float = 0.0,
-        color_drop_p: float = 1.0,
-        hidden: int = 256,
-    ):
+    def __init__(self, encoder: nn.Module, feature_dim: int, *, color_drop_p: float = 1.0, hidden: int = 256, **grid):
         super().__init__(encoder)
-        self.grid = PatchGrid(grid_size, gap, jitter, downsample_p=downsample_p, color_drop_p=color_drop_p)
+        self.grid = PatchGrid(color_drop_p=color_drop_p, **grid)
         self.hidden = check_int("hidden", hidden, 0)
         classes = len(NEIGHBOURS)
         pair = 2 * feature_dim  # centre and neighbour features, concatenated
