@@ -8,7 +8,7 @@ Both sides train SimCLR (NT-Xent, temperature 0.5) with AdamW (lr 1e-3, weight d
 two views from `workloads.augment.SimCLRAugment`, through a backbone from `workloads.models`
 and a `ProjectionHead` (hidden 256, out 64), the defaults of sslab's config:
 
-  sslab  `workloads.train_loop.train_epoch` on a `ContrastiveLearner`, as the Ray Train worker
+  sslab  `workloads.training.loop.train_epoch` on a `ContrastiveLearner`, as the Ray Train worker
          calls it (no scheduler unless --scheduler, no on_step callback).
   bare   the physical limit: a plain `for` loop written below, on a deep copy of the same
          backbone and head (same architecture and initial weights) and its own AdamW: index the

@@ -6,10 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workloads.bank import BankShard, LocalBank, NegativeBank, exact_info_nce, merge_partials
+from workloads.bank import (
+    BankShard,
+    LocalBank,
+    NegativeBank,
+    exact_info_nce,
+    merge_partials,
+)
 from workloads.bank.local import SEEN_STEPS
 from workloads.losses import info_nce_loss
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add OpenMP wake-ups
 

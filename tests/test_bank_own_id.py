@@ -5,11 +5,11 @@ import io
 
 import pytest
 import torch
-
 from own_id_checks import brute_info_nce, check_own_id, own_case, unit, value_and_grads
+
 from workloads.bank import BankShard, LocalBank, own_mask
-from workloads.methods.bank_objective import masked_softmax_loss
 from workloads.losses import info_nce_loss, npair_loss
+from workloads.methods.bank_objective import masked_softmax_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

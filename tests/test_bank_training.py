@@ -4,11 +4,11 @@ import torch
 
 from workloads.augment import SimCLRAugment
 from workloads.bank import LocalBank
-from workloads.methods.bank_objective import BankObjective, check_bank_loss
-from workloads.training.bank_loop import train_epoch_with_bank
 from workloads.losses import info_nce_loss
-from workloads.models import ProjectionHead, build_backbone
+from workloads.methods.bank_objective import BankObjective, check_bank_loss
 from workloads.methods.momentum_contrast import MomentumKeyEncoder, QueryEncoder
+from workloads.models import ProjectionHead, build_backbone
+from workloads.training.bank_loop import train_epoch_with_bank
 
 
 def setup(bank, negatives="exact", loss="info_nce", momentum=0.9):

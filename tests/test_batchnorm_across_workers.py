@@ -18,8 +18,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from workloads.models.batchnorm import GlobalBatchNorm, SplitBatchNorm, convert_batchnorm
 from workloads.methods.momentum_contrast import MomentumKeyEncoder
+from workloads.models.batchnorm import (
+    GlobalBatchNorm,
+    SplitBatchNorm,
+    convert_batchnorm,
+)
 
 WORLD, ROWS = 2, 8
 

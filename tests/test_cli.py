@@ -2,7 +2,6 @@ import os
 import subprocess
 
 import yaml
-
 from conftest import BIN, ROOT
 
 

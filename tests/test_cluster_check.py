@@ -1,9 +1,9 @@
 """Before a sweep goes to a cluster: settings that only this machine would see are refused, by key."""
 import pytest
 
-from orchestrator.jobs.cluster_check import check_cluster_storage, where
-from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.loader import ConfigError
+from orchestrator.config.schema import SSLabConfig
+from orchestrator.jobs.cluster_check import check_cluster_storage, where
 
 SEARCH = {"n_trials": 2, "space": {"workload.temperature": {"type": "float", "low": 0.1, "high": 1.0}}}
 SHARED = {"tracking": {"uri": "http://mlflow.internal:5000"}, "storage": {"path": "s3://bucket/runs"},

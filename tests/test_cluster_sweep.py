@@ -22,9 +22,8 @@ import uuid
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from conftest import BIN, SAMPLE, free_port, kill_pids, marked_processes, wait_gone
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 

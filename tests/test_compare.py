@@ -6,10 +6,10 @@ import os
 import subprocess
 
 import pytest
+from conftest import BIN, ROOT
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, ROOT
 from orchestrator.tracking.compare import CompareError, compare_runs, format_rows
 
 T0 = 1_700_000_000_000

@@ -1,8 +1,7 @@
 import pytest
+from conftest import ROOT
 
 from orchestrator.config.loader import ConfigError, load_config
-
-from conftest import ROOT
 
 QUICKSTART = f"{ROOT}/examples/quickstart.yaml"
 

@@ -6,14 +6,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import SAMPLE
 from PIL import Image
 
 from orchestrator.config.schema import SSLabConfig
-from orchestrator.training.trial_eval import SPLIT_KEYS, check_splits, data_record, load_splits
-from workloads.data import (CIFAR10, DataError, Normalization, load_images, load_labels, split_three_ways,
-                            stratified_split)
-
-from conftest import SAMPLE
+from orchestrator.training.trial_eval import (
+    SPLIT_KEYS,
+    check_splits,
+    data_record,
+    load_splits,
+)
+from workloads.data import (
+    CIFAR10,
+    DataError,
+    Normalization,
+    load_images,
+    load_labels,
+    split_three_ways,
+    stratified_split,
+)
 
 
 def jpeg(color, size=(8, 8)) -> bytes:

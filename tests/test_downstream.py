@@ -1,22 +1,32 @@
-"""workloads.evaluate.downstream and orchestrator.training.trial_eval: what the scores are measured on, and with what."""
+"""workloads.downstream and orchestrator.training.trial_eval: what the scores are measured on, and with what."""
 import pytest
 import torch
+from conftest import SAMPLE
 from torch import nn
 
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.training.evaluate_checkpoint import evaluate_checkpoint
-from orchestrator.training.trial_eval import (Splits, VAL_METRICS, check_pruning_objective, knn_top1, make_augment,
-                                     random_init_knn, val_metrics)
+from orchestrator.training.trial_eval import (
+    VAL_METRICS,
+    Splits,
+    check_pruning_objective,
+    knn_top1,
+    make_augment,
+    random_init_knn,
+    val_metrics,
+)
 from workloads.augment import SimCLRAugment
 from workloads.checkpoint import save_encoder
 from workloads.data import CIFAR10, Normalization, load_images, split_three_ways
-from workloads.evaluate.downstream import downstream_scores, linear_top1, representation_scores
+from workloads.downstream import (
+    downstream_scores,
+    linear_top1,
+    representation_scores,
+)
 from workloads.evaluate import alignment, knn_accuracy, uniformity
 from workloads.evaluate.features import extract_features
 from workloads.evaluate.linear_probe import fit_linear_probe
 from workloads.models import build_backbone
-
-from conftest import SAMPLE
 
 STILL = dict(crop_scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)  # views = the image
 

@@ -8,8 +8,18 @@ import torch
 from torch import nn
 
 from workloads.data import Normalization, active_normalization
-from workloads.evaluate import alignment, extract_features, knn_accuracy, linear_probe_accuracy, uniformity
-from workloads.evaluate.linear_probe import WEIGHT_DECAYS, fit_linear_probe, select_weight_decay
+from workloads.evaluate import (
+    alignment,
+    extract_features,
+    knn_accuracy,
+    linear_probe_accuracy,
+    uniformity,
+)
+from workloads.evaluate.linear_probe import (
+    WEIGHT_DECAYS,
+    fit_linear_probe,
+    select_weight_decay,
+)
 
 
 def _clusters(n_per_class, num_classes, dim, spread, seed):

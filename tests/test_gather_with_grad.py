@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.methods.contrastive import LOSSES, ContrastiveLearner
 from workloads.distributed import gather_with_grad, rank_and_world
+from workloads.methods.contrastive import LOSSES, ContrastiveLearner
 
 WORLD, ROWS, IN_DIM = 2, 6, 12  # a global batch of 12 images, 6 per rank
 TEMPERATURE, MARGIN = 0.5, 1.5  # margin 1.5 on unit vectors: most negative pairs are inside it

@@ -3,10 +3,15 @@ import os
 
 import pytest
 
-from orchestrator import job_upload
+from orchestrator.jobs import upload as job_upload
 from orchestrator.jobs.client import JobError
 from orchestrator.jobs.submit import submission_address
-from orchestrator.jobs.upload import EXCLUDES, check_upload, runtime_env, travelling_files
+from orchestrator.jobs.upload import (
+    EXCLUDES,
+    check_upload,
+    runtime_env,
+    travelling_files,
+)
 
 
 def write(path, size=10):

@@ -12,9 +12,9 @@ import pytest
 import ray
 import torch
 import torch.nn.functional as F
+from own_id_checks import check_own_id, own_case
 
 from orchestrator.memory_bank import BankTimeoutError, ShardedMemoryBank
-from own_id_checks import check_own_id, own_case
 from workloads.bank import LocalBank, NegativeBank
 from workloads.losses import info_nce_loss
 

@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from workloads.models import ProjectionHead, SmallConvNet, build_backbone, resnet18_cifar
+from workloads.models import (
+    ProjectionHead,
+    SmallConvNet,
+    build_backbone,
+    resnet18_cifar,
+)
 
 
 def test_resnet18_cifar_stem_and_output():

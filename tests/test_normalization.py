@@ -6,7 +6,7 @@ from workloads.data import CIFAR10, Normalization, active_normalization
 from workloads.evaluate.features import extract_features
 from workloads.pretext.base import PretextStep, PretextTask, normalize, to_unit
 from workloads.pretext.color.colorization import Colorization
-from workloads.pretext.encoders import build_encoder
+from workloads.pretext.color.encoders import build_encoder
 from workloads.training.pretext_loop import pretext_train_epoch
 
 DATA = Normalization((0.3, 0.35, 0.4), (0.15, 0.2, 0.25))

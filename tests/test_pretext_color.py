@@ -3,15 +3,27 @@
 import pytest
 import torch
 from matplotlib.figure import Figure
+from pretext_helpers import mean_of, train
 
 from workloads.models.backbones import resnet18_cifar
 from workloads.pretext.base import normalize, to_unit
 from workloads.pretext.color.colorization import Colorization
-from workloads.pretext.encoders import GrayEncoder, SplitBrainEncoder, build_encoder
-from workloads.pretext.color.lab import (ABQuantizer, lab_to_rgb, normalized_to_lab, rgb_to_lab, scale_ab, scale_l, split_lab,
-                                   unscale_ab, unscale_l)
-
-from pretext_helpers import mean_of, train
+from workloads.pretext.color.encoders import (
+    GrayEncoder,
+    SplitBrainEncoder,
+    build_encoder,
+)
+from workloads.pretext.color.lab import (
+    ABQuantizer,
+    lab_to_rgb,
+    normalized_to_lab,
+    rgb_to_lab,
+    scale_ab,
+    scale_l,
+    split_lab,
+    unscale_ab,
+    unscale_l,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

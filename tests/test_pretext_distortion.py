@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 from matplotlib.figure import Figure
+from pretext_helpers import small_task, train
 
 from workloads.pretext.base import normalize
 from workloads.pretext.exemplar import ExemplarDiscrimination
 from workloads.pretext.rotation import RotationPrediction, rotate_all
-
-from pretext_helpers import small_task, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,9 +9,8 @@ import os
 import subprocess
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import BIN, ROOT
+from mlflow.tracking import MlflowClient
 
 # the pretext metric of each kind, and what "learned" means for it
 ACCURACY_ABOVE = {"rotation": 0.40,  # chance 1/4; "well above"

@@ -4,15 +4,14 @@ import math
 import pytest
 import torch
 from matplotlib.figure import Figure
+from pretext_helpers import mean_of, train
 
 from workloads.models.backbones import SmallConvNet
+from workloads.pretext.color.encoders import build_encoder
+from workloads.pretext.color.split_brain import SplitBrain
 from workloads.pretext.context_encoder import ContextEncoder, square_masks
 from workloads.pretext.decoder import ImageDecoder
 from workloads.pretext.denoising import DenoisingAutoencoder
-from workloads.pretext.encoders import build_encoder
-from workloads.pretext.color.split_brain import SplitBrain
-
-from pretext_helpers import mean_of, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

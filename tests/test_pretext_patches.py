@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from pretext_helpers import small_task, train
 
 from workloads.pretext.base import to_unit
-from workloads.pretext.patches.jigsaw import Jigsaw, _greedy_permutations, maximal_hamming_permutations, shuffle_tiles
 from workloads.pretext.patches.grid import (
     COLOR_NOISE,
     PatchGrid,
@@ -18,9 +18,13 @@ from workloads.pretext.patches.grid import (
     drop_colors,
     resize_to_grid,
 )
+from workloads.pretext.patches.jigsaw import (
+    Jigsaw,
+    _greedy_permutations,
+    maximal_hamming_permutations,
+    shuffle_tiles,
+)
 from workloads.pretext.patches.relative_position import NEIGHBOURS, RelativePosition
-
-from pretext_helpers import small_task, train
 
 ALL_POSITIONS = torch.arange(9)
 OFF = dict(downsample_p=0.0, color_drop_p=0.0, grayscale_p=0.0, normalize_patches=False)

@@ -2,10 +2,9 @@
 round trip for each encoder wrapper (plain backbone, lightness-in, split-brain halves). The Ray Train
 path, MLflow record and `sslab eval` of a pretext run are checked by the grid sweep in test_sweep.py."""
 import pytest
+from conftest import ROOT
 
 from orchestrator.config.loader import ConfigError, load_config
-
-from conftest import ROOT
 
 
 def test_a_key_of_another_workload_kind_is_refused_with_the_kind_and_its_keys(workdir):
@@ -29,7 +28,11 @@ def test_each_example_builds_trains_a_step_and_its_encoder_checkpoint_round_trip
     """Without Ray: the example's task from its config, one epoch of 2 steps, then encoder.pt rebuilt."""
     import torch
 
-    from orchestrator.training.learners import backbone_kwargs, build_learner, encoder_of
+    from orchestrator.training.learners import (
+        backbone_kwargs,
+        build_learner,
+        encoder_of,
+    )
     from workloads.checkpoint import load_encoder, save_encoder
     from workloads.data import load_images
     from workloads.pretext.registry import encoder_spec

@@ -5,11 +5,10 @@ import subprocess
 
 import optuna
 import pytest
+from conftest import BIN, ROOT
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.loader import load_config
-
-from conftest import BIN, ROOT
 
 PER_TRIAL = ("downstream/knn_top1", "downstream/linear_top1", "repr/alignment", "repr/uniformity",
              "downstream/random_init/knn_top1", "test/knn_top1", "test/linear_top1")

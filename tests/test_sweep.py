@@ -3,14 +3,13 @@ import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.loader import load_config
-from orchestrator.training.evaluate_checkpoint import evaluate_checkpoint
 from orchestrator.sweep.driver import run_sweep
+from orchestrator.training.evaluate_checkpoint import evaluate_checkpoint
 from workloads.data import Normalization, load_images
-
-from conftest import ROOT
 
 TINY = ["train.epochs=2", "model.width=4", "eval.knn_k=20", "eval.embedding_map_points=100", "train.progress=false",
         "data.val_fraction=0.1", "eval.linear_probe=false", "eval.random_init_baseline=false",

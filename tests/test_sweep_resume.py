@@ -17,9 +17,8 @@ import time
 import uuid
 
 import optuna
-from mlflow.tracking import MlflowClient
-
 from conftest import BIN, ROOT, kill_pids, marked_processes, wait_gone
+from mlflow.tracking import MlflowClient
 
 N_TRIALS = 4
 NAME = "resumesweep"
@@ -202,11 +201,11 @@ def test_resume_settles_each_interrupted_trial_as_its_mlflow_run_ended(workdir, 
     (FINISHED, pruned, FAILED) are told so and not run again; the others are FAIL and queued once."""
     from types import SimpleNamespace
 
-    from orchestrator import sweep
     from orchestrator.config.loader import load_config
     from orchestrator.config.local_paths import with_absolute_paths
-    from orchestrator.sweep.study_actor import StudyCoordinator
+    from orchestrator.sweep import driver as sweep
     from orchestrator.sweep.record import SweepRecord
+    from orchestrator.sweep.study_actor import StudyCoordinator
     from orchestrator.tracking.record import log_metrics
 
     search = {**SEARCH, "pruner": "median"}

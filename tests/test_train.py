@@ -2,16 +2,14 @@
 import json
 import os
 import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import BIN, ROOT
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.loader import load_config
 from orchestrator.training.run import run_training
-
-from conftest import BIN, ROOT
 
 TINY = ["train.epochs=2", "train.batch_size=128", "model.width=8", "eval.knn_k=20", "eval.embedding_map_points=200",
         "train.progress=false", "data.val_fraction=0.1"]

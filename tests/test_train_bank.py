@@ -6,13 +6,12 @@ import threading
 import time
 
 import torch
+from conftest import ROOT
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
 from orchestrator.config.loader import load_config
 from orchestrator.training.run import run_training
-
-from conftest import ROOT
 
 BANK = ["train.epochs=4", "train.batch_size=128", "model.width=8", "eval.knn_k=20", "eval.embedding_map_points=200",
         "train.progress=false", "data.val_fraction=0.1", "eval.linear_probe=false", "workload.loss=info_nce",

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from workloads.augment import SimCLRAugment
-from workloads.methods.contrastive import LOSSES, ContrastiveLearner, two_view_loss
 from workloads.losses import info_nce_loss, npair_loss
+from workloads.methods.contrastive import LOSSES, ContrastiveLearner, two_view_loss
 from workloads.models import ProjectionHead, build_backbone
 from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
 

@@ -12,9 +12,8 @@ subprocess, so this test never shares a Ray instance with the session's `ray_loc
 import textwrap
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import ROOT, run_cluster_script
+from mlflow.tracking import MlflowClient
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys

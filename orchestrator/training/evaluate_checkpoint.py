@@ -4,7 +4,7 @@ import torch
 from workloads.augment import SimCLRAugment
 from workloads.checkpoint import checkpoint_normalization, load_encoder
 from workloads.data import load_images
-from workloads.evaluate.downstream import downstream_scores
+from workloads.downstream import downstream_scores
 
 
 def evaluate_checkpoint(path: str, train_uri: str, test_uri: str, knn_k: int | None = None,

@@ -16,7 +16,7 @@ from orchestrator.config.schema import SSLabConfig
 from orchestrator.tracking.figures import embedding_map
 from orchestrator.training.trial_eval import Splits, make_augment
 from workloads.checkpoint import save_encoder
-from workloads.evaluate.downstream import downstream_scores
+from workloads.downstream import downstream_scores
 
 
 def report_final(config: SSLabConfig, encoder: nn.Module, kwargs: dict, splits: Splits, device: torch.device,

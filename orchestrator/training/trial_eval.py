@@ -23,8 +23,8 @@ from workloads.data import (
     load_labels,
     split_three_ways,
 )
+from workloads.downstream import linear_top1, representation_scores
 from workloads.evaluate import knn_accuracy
-from workloads.evaluate.downstream import linear_top1, representation_scores
 from workloads.evaluate.features import extract_features
 
 # The objectives computed on the validation split when the pruner asks for them (not per-epoch metrics).

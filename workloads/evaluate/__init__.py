@@ -6,10 +6,10 @@
 - ``extract_features``: run a backbone over uint8 images to get those features
 """
 
-from workloads.evaluate.features import extract_features
-from workloads.evaluate.knn import knn_accuracy
-from workloads.evaluate.linear_probe import linear_probe_accuracy
-from workloads.evaluate.representation import alignment, uniformity
+from .features import extract_features
+from .knn import knn_accuracy
+from .linear_probe import linear_probe_accuracy
+from .representation import alignment, uniformity
 
 __all__ = [
     "knn_accuracy",

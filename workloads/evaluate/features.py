@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workloads.data.normalization import Normalization, using_normalization
+from ..data.normalization import Normalization, using_normalization
 
 __all__ = ["extract_features"]
 

@@ -41,8 +41,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from workloads.data.split import stratified_split
-from workloads.evaluate.knn import check_features_labels
+from ..data.split import stratified_split
+from .knn import check_features_labels
 
 __all__ = ["LinearProbe", "WEIGHT_DECAYS", "fit_linear_probe", "linear_probe_accuracy", "select_weight_decay"]
 

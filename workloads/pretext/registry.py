@@ -9,7 +9,7 @@ from torch import nn
 
 from workloads.models import build_backbone
 from workloads.pretext.base import PretextTask
-from workloads.pretext.encoders import build_encoder as build_wrapped
+from workloads.pretext.color.encoders import build_encoder as build_wrapped
 
 # kind -> (module, class name, the encoder wrapper it trains); imported lazily: one task per run
 TASKS = {

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from workloads.pretext.base import PretextStep, PretextTask, to_unit
 from workloads.pretext.checks import check_choice, check_range
+from workloads.pretext.color.encoders import GrayEncoder
 from workloads.pretext.color.lab import (
     ABQuantizer,
     lab_to_rgb,
@@ -39,7 +40,6 @@ from workloads.pretext.color.lab import (
     unscale_ab,
 )
 from workloads.pretext.decoder import ImageDecoder, image_rows_figure
-from workloads.pretext.encoders import GrayEncoder
 
 MODES = ("classification", "regression")
 _PRIOR_WINDOW = 1000  # the running prior averages over at most this many recent batches

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from workloads.pretext.base import PretextStep, PretextTask
 from workloads.pretext.checks import check_choice, check_range
+from workloads.pretext.color.encoders import SplitBrainEncoder
 from workloads.pretext.color.lab import (
     ABQuantizer,
     l_bin_centers,
@@ -43,7 +44,6 @@ from workloads.pretext.color.lab import (
     unscale_l,
 )
 from workloads.pretext.decoder import ImageDecoder, image_rows_figure
-from workloads.pretext.encoders import SplitBrainEncoder
 
 MODES = ("classification", "regression")
 
