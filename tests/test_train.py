@@ -25,6 +25,15 @@ def test_train_leaves_finished_run_with_metrics_artifacts_and_params(ray_local, 
     params = run.data.params
     assert params["loss"] == "nt_xent" and params["temperature"] == "0.2" and params["batch_size"] == "128"
     assert params["backbone"] == "small_convnet" and params["epochs"] == "2" and len(params["data_hash"]) == 64
+    # the MLflow UI: the experiment opens on its runs, the Dataset column names the data and its hash
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    [data_input] = run.inputs.dataset_inputs
+    assert data_input.dataset.digest == params["data_hash"][:36]  # MLflow caps a digest at 36 characters
+    assert json.loads(data_input.dataset.profile)["data_hash"] == params["data_hash"]
+    assert data_input.dataset.name == "cifar10_sample" and data_input.dataset.source_type == "local"
+    assert json.loads(data_input.dataset.source)["uri"] == params["data_uri"]
+    assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "train"
     history = client.get_metric_history(result.run_id, "train/loss")
     assert [m.step for m in history] == [0, 1]
     for name in ("train/lr", "train/images_per_s"):
@@ -64,6 +73,17 @@ def test_failure_in_a_worker_leaves_failed_run_with_the_error(ray_local, workdir
     assert "bad.parquet: row 7: cannot decode image" in run.data.tags["sslab.error"]
     assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not [p for p in __import__("glob").glob("sslab_runs/**/*.partial", recursive=True)]
+
+
+def test_an_existing_experiment_gets_the_ui_kind_tag(tmp_path):
+    from orchestrator.tracking.record import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    made_by_hand = MlflowClient(uri).create_experiment("older")
+    assert "mlflow.experimentKind" not in MlflowClient(uri).get_experiment(made_by_hand).tags
+    tracker = Tracker(uri, "older")
+    assert tracker.experiment_id == made_by_hand
+    assert MlflowClient(uri).get_experiment(made_by_hand).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_cli_rejects_bad_config_before_starting_anything(workdir):

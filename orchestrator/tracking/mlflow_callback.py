@@ -10,7 +10,7 @@ import ray.train
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking.record import log_metrics, reported_params
+from orchestrator.tracking.record import log_dataset_inputs, log_metrics, reported_params
 
 SUMMED = {"train/images_per_s"}  # throughput adds up over workers
 MAXED = {"bank/shard_restarts"}  # every worker sees the same restarts of the one shared bank
@@ -36,6 +36,7 @@ class MlflowReportCallback(ray.train.UserCallback):
         params = reported_params(lead)  # data_hash, data_mean, data_std, ...
         if params:
             client.log_batch(self.run_id, params=params)
+        log_dataset_inputs(client, self.run_id, lead)  # the UI's Dataset column, once the hash is known
         nodes = sorted({str(m["sslab.node_id"]) for m in metrics if "sslab.node_id" in m})
         if nodes:
             client.set_tag(self.run_id, "sslab.worker_nodes", ",".join(nodes))

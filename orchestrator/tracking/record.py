@@ -1,4 +1,5 @@
 """The MLflow record of DESIGN.md: experiments, runs, params, status that tells the truth."""
+import json
 import os
 import subprocess
 import tempfile
@@ -6,7 +7,7 @@ import time
 import traceback
 
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.schema import SSLabConfig
@@ -28,6 +29,39 @@ REPORTED_PARAMS = {"sslab.data_hash": "data_hash", "sslab.test_data_hash": "test
 def reported_params(report: dict) -> list[Param]:
     """The params among a worker's report (REPORTED_PARAMS), as MLflow Params."""
     return [Param(name, str(report[key])) for key, name in REPORTED_PARAMS.items() if key in report]
+
+
+# MLflow 3's UI opens an experiment by its kind: without this tag a new experiment opens on the
+# GenAI overview (an empty "Traces" page) instead of its runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MAX_DIGEST = 36  # MLflow's limit on a dataset digest (the tracking store's column)
+
+
+def dataset_inputs(report: dict, params: dict[str, str]) -> list[DatasetInput]:
+    """The run's data sets as MLflow dataset inputs, from a worker's report (its content hashes) and the
+    run's params (the URIs): name, digest (the data hash, cut to MLflow's 36 characters; the full hash
+    is the profile's `data_hash`), source. They fill the UI's Dataset column."""
+    found = []
+    for hash_key, uri_param, context in (("sslab.data_hash", "data_uri", "train"),
+                                         ("sslab.test_data_hash", "data.test_uri", "test")):
+        uri = params.get(uri_param)
+        if hash_key not in report or not uri or uri == "None":
+            continue
+        digest = str(report[hash_key])
+        name = os.path.splitext(os.path.basename(uri.split("#", 1)[0].rstrip("/")))[0] or uri
+        source_type = uri.split("://", 1)[0] if "://" in uri else "local"
+        dataset = Dataset(name=name, digest=digest[:MAX_DIGEST], source_type=source_type,
+                          source=json.dumps({"uri": uri}), profile=json.dumps({"data_hash": digest}))
+        found.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    return found
+
+
+def log_dataset_inputs(client: MlflowClient, run_id: str, report: dict) -> None:
+    """Log the run's data sets (dataset_inputs) once their hashes are known: with the first epoch's report."""
+    if "sslab.data_hash" in report:
+        inputs = dataset_inputs(report, client.get_run(run_id).data.params)
+        if inputs:
+            client.log_inputs(run_id, datasets=inputs)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -63,9 +97,14 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifact_location)
-        )
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location,
+                                                               tags=EXPERIMENT_KIND)
+        else:  # one made before sslab tagged them, or by hand
+            self.experiment_id = found.experiment_id
+            for key, value in EXPERIMENT_KIND.items():
+                if found.tags.get(key) != value:
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def start_run(self, config: SSLabConfig, kind: str, run_name: str | None = None, tags: dict | None = None) -> str:
         all_tags = {"sslab.kind": kind, **(tags or {})}
