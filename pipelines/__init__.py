@@ -1,0 +1,1 @@
+"""Scheduled pipelines: the pipeline file (spec), its plan and run key, the lock, the MLflow record of its steps, the steps, the registry gate, the runner and status. May import orchestrator and workloads; only sslab imports it."""

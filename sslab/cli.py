@@ -114,6 +114,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_pipeline
+
+    return run_pipeline(args.pipeline, args.set, args.run_key)
+
+
+def cmd_pipeline_status(args: argparse.Namespace) -> int:
+    from pipelines.plan import make_plan
+    from pipelines.status import format_status, recent_runs
+
+    rows = recent_runs(make_plan(args.pipeline, args.set), keys=args.last)
+    print(json.dumps(rows, indent=2) if args.format == "json" else format_status(rows), end="\n" if args.format == "json" else "")
+    return 0
+
+
+def add_pipeline(commands) -> None:
+    from pipelines.runner import EXIT_STATUSES
+
+    pipeline = commands.add_parser("pipeline", help="scheduled pipelines: sweep, train, evaluate, register, promote")
+    actions = pipeline.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="run a pipeline for one run key (idempotent, locked, resumable)",
+                             epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--run-key", default=None, metavar="KEY",
+                     help="default: the schedule's latest tick at or before now (UTC), or the UTC date")
+    run.set_defaults(func=cmd_pipeline_run)
+    status = actions.add_parser("status", help="the recent runs of a pipeline: steps, durations, champion, rejections")
+    status.add_argument("--last", type=int, default=10, metavar="N", help="the N most recent run keys")
+    status.add_argument("--format", choices=("table", "json"), default="table")
+    status.set_defaults(func=cmd_pipeline_status)
+    for sub in (run, status):
+        sub.add_argument("pipeline", help="pipeline YAML file (e.g. pipelines/nightly.yaml)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override the config it runs (--set train.epochs=2) or, prefixed with pipeline., "
+                              "the pipeline file (--set pipeline.promote_margin=0.01); repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslab", description="Self-supervised representation learning experiments.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
                          help="MLflow store (default: %(default)s, relative to the working directory)")
     compare.set_defaults(func=cmd_compare)
+    add_pipeline(commands)
     return parser
 
 

@@ -40,9 +40,10 @@ def apply_override(raw: dict, assignment: str) -> None:
     target[leaf] = yaml.safe_load(value)
 
 
-def load_config(path: str, overrides: list[str] = ()) -> SSLabConfig:
+def read_yaml(path: str, what: str = "config") -> tuple[dict, dict[tuple, tuple[int, int]]]:
+    """A YAML file's top-level mapping and the (line, column) of each key path in it."""
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     with open(path) as handle:
         text = handle.read()
     try:
@@ -52,7 +53,11 @@ def load_config(path: str, overrides: list[str] = ()) -> SSLabConfig:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, train, ...)")
-    positions = _positions(node) if node is not None else {}
+    return raw, (_positions(node) if node is not None else {})
+
+
+def load_config(path: str, overrides: list[str] = ()) -> SSLabConfig:
+    raw, positions = read_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:
@@ -63,7 +68,8 @@ def load_config(path: str, overrides: list[str] = ()) -> SSLabConfig:
     return config
 
 
-def format_errors(path: str, error: ValidationError, positions: dict, overrides: list[str]) -> str:
+def format_errors(path: str, error: ValidationError, positions: dict, overrides: list[str], schema: Any = SSLabConfig) -> str:
+    """One line per error: file:line:col (or --set), the key path, the message; schema: the validated model."""
     lines = [f"{path}: {error.error_count()} config error(s)"]
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
@@ -76,7 +82,7 @@ def format_errors(path: str, error: ValidationError, positions: dict, overrides:
         got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key; valid keys here: " + ", ".join(_valid_keys(loc[:-1], kind))
+            message = "unknown key; valid keys here: " + ", ".join(_valid_keys(loc[:-1], kind, schema))
             if kind:
                 message = f"unknown key for workload kind {kind!r}; valid keys: " + ", ".join(_valid_keys(loc[:-1], kind))
         lines.append(f"  {place}: {key}: {message}{got}")
@@ -87,8 +93,8 @@ def _overridden(key: str, overrides: list[str]) -> bool:
     return any(o.partition("=")[0].strip() == key for o in overrides)
 
 
-def _valid_keys(loc: tuple, kind: str | None = None) -> list[str]:
-    model: Any = SSLabConfig
+def _valid_keys(loc: tuple, kind: str | None = None, schema: Any = SSLabConfig) -> list[str]:
+    model: Any = schema
     for part in loc:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
