@@ -196,3 +196,137 @@ def run_cluster_script(script: str, args: list[str], cwd: str, timeout: float = 
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert process.returncode == 0 and lines, out[-4000:]
     return json.loads(lines[-1][len("RESULT "):])
+
+
+# ---- the production stack: PostgreSQL + MLflow server on it (artifacts on S3) + Optuna on it + S3 ----------
+
+def postgres_bindir() -> str | None:
+    """Debian's PostgreSQL programs (initdb, postgres), the newest installed version; None if none is."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    return os.path.dirname(found[-1]) if found else None
+
+
+class Postgres:
+    """A PostgreSQL server of this test session: user `sslab`, no password (trust, on 127.0.0.1 only)."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def url(self, database: str) -> str:
+        return f"postgresql://sslab@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; its URL (for a test that wants a study or a tracking store of its own)."""
+        import psycopg
+
+        connection = psycopg.connect(self.url("postgres"), autocommit=True)
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        connection.close()
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Debian's PostgreSQL: initdb and the postmaster in a temporary folder, on 127.0.0.1, stopped by pid."""
+    import tempfile
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed: .ci/run installs Debian's postgresql (apt-get install postgresql)")
+    folder = tempfile.mkdtemp(prefix="sslab-postgres-", dir="/tmp")
+    as_user = {}
+    if os.geteuid() == 0:  # the postmaster refuses to run as root: run it as the package's postgres user
+        import pwd
+
+        account = pwd.getpwnam("postgres")
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    data = os.path.join(folder, "data")
+    subprocess.run([os.path.join(bindir, "initdb"), "-D", data, "-U", "sslab", "--auth=trust", "-E", "UTF8",
+                    "--no-sync"], cwd=folder, check=True, capture_output=True, **as_user)
+    port = free_port()
+    process = subprocess.Popen(
+        [os.path.join(bindir, "postgres"), "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", folder,
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+        cwd=folder, stdout=open(os.path.join(folder, "postgres.log"), "w"), stderr=subprocess.STDOUT,
+        start_new_session=True, **as_user)
+    server = Postgres(port)
+    try:
+        import psycopg
+
+        deadline = time.time() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"postgres exited with {process.returncode}: "
+                                   f"{open(os.path.join(folder, 'postgres.log')).read()[-2000:]}")
+            try:
+                psycopg.connect(server.url("postgres"), connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGINT)  # the postmaster's fast shutdown: ends its backends too
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class ProductionStack:
+    """What a test needs to point sslab at the stack: the URLs, and the environment its processes need
+    (moto's credentials, the S3 endpoint for MLflow, boto3 and pyarrow). No secret: moto's are dummies."""
+
+    def __init__(self, tracking_uri: str, optuna_storage: str, storage_path: str, s3_endpoint: str, bucket: str,
+                 postgres: Postgres):
+        self.tracking_uri, self.optuna_storage, self.storage_path = tracking_uri, optuna_storage, storage_path
+        self.s3_endpoint, self.bucket, self.postgres = s3_endpoint, bucket, postgres
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint,
+                    "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+
+    def sets(self) -> list[str]:
+        """--set overrides that send a config's records to the stack."""
+        return [f"tracking.uri={self.tracking_uri}", f"search.storage={self.optuna_storage}",
+                f"storage.path={self.storage_path}"]
+
+
+@pytest.fixture(scope="session")
+def production_stack(postgres_server, s3_server, tmp_path_factory):
+    """PostgreSQL (MLflow's store and the Optuna study), an MLflow tracking server on it with artifacts on
+    moto (--artifacts-destination s3://), and s3:// storage for Ray Train checkpoints; all on 127.0.0.1."""
+    import unittest.mock
+
+    import boto3
+
+    bucket = "sslab-stack"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    tracking_store = postgres_server.create_database("mlflow")
+    optuna_storage = postgres_server.create_database("optuna")
+    stack = ProductionStack("", optuna_storage, f"s3://{bucket}/ray", s3_server, bucket, postgres_server)
+    folder = tmp_path_factory.mktemp("mlflow_stack")
+    port = free_port()
+    process = subprocess.Popen(
+        [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", tracking_store, "--artifacts-destination", f"s3://{bucket}/mlflow"],
+        env={**os.environ, **stack.env}, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    stack.tracking_uri = f"http://127.0.0.1:{port}"
+    # this process's clients (boto3, pyarrow, MLflow) reach moto too, for the session; restored after
+    with unittest.mock.patch.dict(os.environ, stack.env):
+        try:
+            try:
+                wait_http(f"{stack.tracking_uri}/health", process, seconds=120)
+            except (RuntimeError, TimeoutError) as error:
+                raise RuntimeError(f"{error}:\n{(folder / 'server.log').read_text()[-3000:]}") from None
+            yield stack
+        finally:
+            stop(process)
