@@ -24,7 +24,8 @@ def log_and_register(tracking_uri: str, run_id: str, model: EncoderModel, name: 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(model, name="encoder", signature=infer_signature(example, output),
-                                        input_example=example, registered_model_name=name)
+                                        input_example=example, registered_model_name=name,
+                                        serialization_format="pickle")  # the nn.Module itself (pt2 loads an export)
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri)
     for key, value in tags.items():

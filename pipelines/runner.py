@@ -33,13 +33,15 @@ def run_pipeline(path: str, overrides: list[str] = (), run_key: str | None = Non
     except PipelineLocked as error:
         say(str(error))
         return LOCKED
+    out = sys.stdout
     try:
-        return run_locked(plan, lock)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the outcome only (MLflow prints run links)
+            return run_locked(plan, lock, out)
     finally:
         lock.release()
 
 
-def run_locked(plan, lock: PipelineLock) -> int:
+def run_locked(plan, lock: PipelineLock, out) -> int:
     from pipelines.record import PipelineRecord
     from pipelines.steps import STEPS
 
@@ -57,8 +59,7 @@ def run_locked(plan, lock: PipelineLock) -> int:
         say(f"{plan.run_key}: step {step.step} started")
         run_id, started = record.start(step.step), time.time()
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the outcome only
-                output, metrics = STEPS[step.step](plan, outputs, run_id)
+            output, metrics = STEPS[step.step](plan, outputs, run_id)
         except BaseException as error:
             record.fail(run_id, error)
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -69,17 +70,17 @@ def run_locked(plan, lock: PipelineLock) -> int:
         outputs[step.step] = output
         ran.append(step.step)
         say(f"{plan.run_key}: step {step.step} finished in {time.time() - started:.0f} s")
-    return report(plan, outputs, ran)
+    return report(plan, outputs, ran, out)
 
 
-def report(plan, outputs: dict, ran: list[str]) -> int:
+def report(plan, outputs: dict, ran: list[str], out) -> int:
     """The outcome on stdout (JSON), the same whether the steps ran now or before."""
     promoted = outputs.get("promote", {}).get("promoted")
     outcome = {"pipeline": plan.spec.name, "run_key": plan.run_key,
                "status": "done" if ran else "already done", "ran": ran, "outputs": outputs}
     if not ran:
         say(f"{plan.run_key}: already done; nothing ran. Its recorded outcome:")
-    print(json.dumps(outcome, indent=2, sort_keys=True), flush=True)
+    print(json.dumps(outcome, indent=2, sort_keys=True), file=out, flush=True)
     if promoted is False:
         say(f"{plan.run_key}: version {outputs['promote']['version']} not promoted: {outputs['promote']['reason']}")
         return NOT_PROMOTED
