@@ -193,7 +193,8 @@ def run_cluster_script(script: str, args: list[str], cwd: str, timeout: float = 
         raise AssertionError(f"the cluster script did not finish in {timeout} s:\n{out[-4000:]}")
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    # Ray's log lines and the script's print share stdout: the RESULT may follow a log line unbroken
+    lines = [line[line.index("RESULT {"):] for line in out.splitlines() if "RESULT {" in line]
     assert process.returncode == 0 and lines, out[-4000:]
     return json.loads(lines[-1][len("RESULT "):])
 
