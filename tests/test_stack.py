@@ -57,7 +57,7 @@ def test_mlflow_server_on_postgres_keeps_artifacts_in_s3_and_optuna_shares_the_d
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0.75", "COMPLETE"]
     with psycopg.connect(stack.optuna_storage) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM trials")
+        cursor.execute("SELECT count(*) FROM trials JOIN studies USING (study_id) WHERE study_name = 'stack-check'")
         assert cursor.fetchone() == (1,)
 
 
