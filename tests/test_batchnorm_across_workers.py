@@ -89,7 +89,7 @@ def ranks(tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     mp.start_processes(_rank_main, args=(port, out_dir), nprocs=WORLD, join=True, start_method="spawn")
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
 
 
 def test_global_batchnorm_on_two_workers_equals_batchnorm_on_the_whole_batch(ranks):
