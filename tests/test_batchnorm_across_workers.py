@@ -10,12 +10,12 @@ The pair is spawned once for the module and writes one result file per rank.
 """
 import copy
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch import nn
 
 from workloads.methods.momentum_contrast import MomentumKeyEncoder
@@ -85,10 +85,7 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("bn_workers"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.start_processes(_rank_main, args=(port, out_dir), nprocs=WORLD, join=True, start_method="spawn")
+    mp.start_processes(_rank_main, args=(free_port(), out_dir), nprocs=WORLD, join=True, start_method="spawn")
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
 
 

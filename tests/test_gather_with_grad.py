@@ -5,13 +5,13 @@ The pair is spawned once for the module; it runs every case and saves its result
 The model has no BatchNorm (whose batch statistics differ per rank unless synchronised).
 """
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import free_port
 from torch import nn
 
 from workloads.distributed import gather_with_grad, rank_and_world
@@ -68,12 +68,6 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
