@@ -60,8 +60,15 @@ def log_dataset_inputs(client: MlflowClient, run_id: str, report: dict) -> None:
     """Log the run's data sets (dataset_inputs) once their hashes are known: with the first epoch's report."""
     if "sslab.data_hash" in report:
         inputs = dataset_inputs(report, client.get_run(run_id).data.params)
-        if inputs:
-            client.log_inputs(run_id, datasets=inputs)
+        for attempt in range(3):
+            try:
+                if inputs:
+                    client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception:  # noqa: BLE001 - concurrent trials create the same dataset row: the loser retries
+                if attempt == 2:  # and then finds the row the winner made
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
