@@ -56,7 +56,7 @@ def test_killed_shard_is_restarted_and_refilled_and_the_run_finishes(ray_local, 
     assert client.get_metric_history(run_id, "bank/bytes_moved")[0].value > 0
     assert run.data.tags["sslab.bank_nodes"]
     [latest] = sorted(glob.glob("sslab_runs/bank-*/checkpoint_*/train_state.pt"))[-1:]
-    state = torch.load(latest, weights_only=False)
+    state = torch.load(latest, weights_only=True)
     assert state["epoch"] == 3 and "bank" in state and "key_encoder" in state
 
 

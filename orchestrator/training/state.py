@@ -24,4 +24,4 @@ def latest_state() -> dict | None:
         return None
     with checkpoint.as_directory() as folder:
         path = os.path.join(folder, STATE_FILE)
-        return torch.load(path, map_location="cpu", weights_only=False) if os.path.exists(path) else None
+        return torch.load(path, map_location="cpu", weights_only=True) if os.path.exists(path) else None
