@@ -1,10 +1,12 @@
-"""One run of a pipeline at a time (CronJob's concurrencyPolicy: Forbid): an exclusive flock on a lock
-file, with the holder written in it (host, pid, run key, since).
+"""One run of a pipeline at a time (CronJob's concurrencyPolicy: Forbid), on one host and across hosts.
 
-The kernel releases a flock when its holder dies, however it dies (SIGKILL included), so a dead
-holder's lock is taken over at once by the next run, which notes whose it was. On a shared
-filesystem (NFS) the server's lock lease plays that part for a holder whose host died. A lease row
-in the tracking database (for hosts that share no filesystem) is not built yet.
+On this host: an exclusive flock on a lock file, with the holder written in it (host, pid, run key,
+since). The kernel releases a flock when its holder dies, however it dies (SIGKILL included), so a
+dead holder's lock is taken over at once by the next run, which notes whose it was.
+
+Across hosts (cron on two machines, CI runners, Kubernetes pods that share no filesystem): a lease
+row in a database both reach (orchestrator.lease), held for as long as the run and renewed by it. A
+holder that died is taken over once its lease has expired (at once when it ran on this host).
 """
 import datetime as dt
 import fcntl
@@ -12,15 +14,17 @@ import json
 import os
 import socket
 
+from orchestrator.lease import Lease, LeaseHeld, describe
+
 
 class PipelineLocked(RuntimeError):
     """Another run of this pipeline holds the lock."""
 
-    def __init__(self, path: str, holder: dict):
+    def __init__(self, path: str, holder: dict, more: str = ""):
         self.path, self.holder = path, holder
         who = ", ".join(f"{key} {holder[key]}" for key in ("host", "pid", "run_key", "since") if key in holder)
         super().__init__(f"pipeline {holder.get('pipeline', '?')!r} is running: the lock {path} is held by "
-                         f"{who or 'a process that has not written its name yet'}")
+                         f"{who or 'a process that has not written its name yet'}{more}")
 
 
 def alive(pid: int) -> bool:
@@ -34,10 +38,13 @@ def alive(pid: int) -> bool:
 
 
 class PipelineLock:
-    def __init__(self, path: str, pipeline: str, run_key: str):
+    def __init__(self, path: str, pipeline: str, run_key: str, lease_url: str | None = None,
+                 lease_seconds: float = 60.0):
         self.path, self.pipeline, self.run_key = path, pipeline, run_key
         self.fd: int | None = None
         self.previous: dict = {}  # a dead holder's record, when this run took its lock over
+        self.lease = Lease(lease_url, f"pipeline:{pipeline}", lease_seconds, pipeline=pipeline, run_key=run_key) \
+            if lease_url else None
 
     def acquire(self) -> "PipelineLock":
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -55,6 +62,16 @@ class PipelineLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         os.fsync(fd)
+        if self.lease is not None:
+            try:
+                self.lease.acquire()
+            except LeaseHeld as error:
+                self.release()
+                raise PipelineLocked(f"the lease {error.name!r} in {describe(self.lease.url)}",
+                                     error.holder | {"pipeline": self.pipeline},
+                                     f" (its lease expires in {error.expires_in:.0f} s unless renewed)") from None
+            if self.lease.previous:
+                self.previous = self.lease.previous
         return self
 
     def took_over(self) -> str | None:
@@ -68,6 +85,8 @@ class PipelineLock:
                 f"run key {self.previous.get('run_key')}, since {self.previous.get('since')})")
 
     def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
         if self.fd is None:
             return
         os.ftruncate(self.fd, 0)  # empty: released, not died

@@ -81,6 +81,14 @@ class Plan:
                 os.environ.get("TMPDIR", "/tmp"), "sslab-locks")
         return os.path.join(folder, f"{self.spec.name}.pipeline.lock")
 
+    def lease_url(self) -> str | None:
+        """Where the lock across hosts lives: the pipeline's lease_database, else the study's database
+        when it is a server's (a SQLite or journal file is one host's, which the file lock covers)."""
+        if self.spec.lease_database is not None:
+            return None if self.spec.lease_database == "none" else self.spec.lease_database
+        storage = self.config.search.storage if self.config.search is not None else None
+        return storage if storage and "://" in storage and not storage.startswith("sqlite") else None
+
     def step_config(self, step: str, params: dict | None = None) -> SSLabConfig:
         """The run config with a sweep's best params (train) and the step's own overrides."""
         raw = apply_params(self.config.model_dump(mode="json"), params or {})

@@ -33,12 +33,17 @@ class PipelineRecord:
                                        order_by=["attributes.start_time DESC"])
 
     def settle_dead(self) -> list[str]:
-        """Step runs left RUNNING: the lock is ours, so their process is gone. FAILED, with the reason."""
+        """Step runs left RUNNING: the lock is ours, so their process is gone. FAILED, with the reason;
+        so are their child runs left RUNNING (the train step's training run)."""
         settled = []
         for run in self.runs():
             if run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, "sslab.error", DIED)
-                self.client.set_terminated(run.info.run_id, "FAILED")
+                children = self.client.search_runs(
+                    [self.tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}' "
+                    "AND attributes.status = 'RUNNING'", max_results=1000)
+                for dead in [*children, run]:
+                    self.client.set_tag(dead.info.run_id, "sslab.error", DIED)
+                    self.client.set_terminated(dead.info.run_id, "FAILED")
                 settled.append(run.data.tags.get("sslab.step", "?"))
         return settled
 

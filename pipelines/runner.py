@@ -27,7 +27,7 @@ def say(message: str) -> None:
 
 def run_pipeline(path: str, overrides: list[str] = (), run_key: str | None = None) -> int:
     plan = make_plan(path, overrides, run_key)  # ConfigError (exit 2) before any work
-    lock = PipelineLock(plan.lock_path(), plan.spec.name, plan.run_key)
+    lock = PipelineLock(plan.lock_path(), plan.spec.name, plan.run_key, plan.lease_url(), plan.spec.lease_seconds)
     try:
         lock.acquire()
     except PipelineLocked as error:
@@ -52,6 +52,10 @@ def run_locked(plan, lock: PipelineLock, out) -> int:
         say(f"step {step} of run key {plan.run_key} was left RUNNING by a dead process: marked FAILED, runs again")
     outputs, ran = {}, []
     for step in plan.spec.steps:
+        if lock.lease is not None and lock.lease.lost.is_set():
+            say(f"{plan.run_key}: the lease was lost (not renewed in {plan.spec.lease_seconds:.0f} s, then taken "
+                f"over): stopping before step {step.step}; the holder resumes")
+            return FAILED
         found = record.finished(step.step)
         if found is not None:
             outputs[step.step] = found

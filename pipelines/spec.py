@@ -10,6 +10,8 @@
       train: data.parquet#split=train&val_fraction=0.2&test_fraction=0.1&seed=0   # the kNN's memory
       test: data.parquet#split=test&val_fraction=0.2&test_fraction=0.1&seed=0    # what is scored
     steps: [sweep, {train: {set: [train.epochs=2]}}, evaluate, register, promote]
+    lease_database: postgresql://...   # the lock across hosts (default: the study's server database)
+    lease_seconds: 60                  # a dead host's lock is taken over once this has passed
 
 Errors name the key and its file position (orchestrator.config.loader's machinery); exit status 2.
 """
@@ -55,6 +57,10 @@ class PipelineSpec(Section):
     steps: list[Step] = Field(min_length=1)
     lock_dir: str | None = Field(None, description="folder of the lock file (default: beside a SQLite tracking "
                                                    "store, else the system's temp folder)")
+    lease_database: str | None = Field(None, description="a database URL (SQLAlchemy) every host reaches, for the "
+                                       "lock across hosts (default: the config's search.storage when it is a "
+                                       "server database; 'none': the file lock only)")
+    lease_seconds: float = Field(60.0, ge=3.0, le=3600.0, description="a dead host's lock is taken over after this")
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -118,6 +124,14 @@ def load_pipeline(path: str, overrides: list[str] = ()) -> PipelineSpec:
         raise ConfigError(format_errors(path, error, positions, list(overrides), schema=PipelineSpec)) from None
     folder = os.path.dirname(os.path.abspath(path))
     spec.config = os.path.normpath(os.path.join(folder, spec.config))
+    if spec.lease_database is not None and spec.lease_database != "none":
+        try:
+            import sqlalchemy
+
+            sqlalchemy.engine.make_url(spec.lease_database)
+        except Exception:  # noqa: BLE001 - any parse failure is the same bad input
+            raise ConfigError(f"{path}: lease_database: not a database URL (e.g. postgresql://host/db, "
+                              f"sqlite:///path.db, or none)") from None
     if spec.lock_dir is not None:
         spec.lock_dir = os.path.normpath(os.path.join(folder, spec.lock_dir))
     if not os.path.isfile(spec.config):

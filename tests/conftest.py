@@ -165,6 +165,53 @@ def kill_pids(pids) -> None:
             pass
 
 
+class MarkedCommand:
+    """A command (sslab sweep, sslab pipeline run) in a session of its own, with a private Ray temp dir and
+    a marker in its environment (inherited by every Ray process it starts), so that everything it
+    started can be found, and killed, by pid."""
+
+    MARKER = "SSLAB_TEST_MARKED_COMMAND"
+
+    def __init__(self, workdir, env: dict | None = None):
+        import tempfile
+        import uuid
+
+        self.workdir, self.env = workdir, env or {}
+        self.tag = uuid.uuid4().hex
+        self.ray_tmp = tempfile.mkdtemp(prefix="sslab-marked-", dir="/tmp")  # short: Ray's socket paths
+        self.process, self.log = None, None
+
+    def run(self, command: list[str], log_name: str, stdout=None) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        env.update(self.env | {self.MARKER: self.tag, "RAY_TMPDIR": self.ray_tmp})
+        self.log = self.workdir / log_name
+        self.process = subprocess.Popen(command, cwd=self.workdir, env=env, start_new_session=True, text=True,
+                                        stdout=stdout or open(self.log, "w"),
+                                        stderr=open(self.log, "w") if stdout else subprocess.STDOUT)
+        return self.process
+
+    def tail(self) -> str:
+        return self.log.read_text()[-6000:] if self.log is not None and self.log.exists() else ""
+
+    def processes(self) -> dict[int, str]:
+        """The live processes it started (any generation): {pid: command line}."""
+        return marked_processes(self.MARKER, self.tag, self.ray_tmp)
+
+    def wait_processes_gone(self, seconds: float, ignoring: tuple[str, ...] = ()) -> dict[int, str]:
+        return wait_gone(self.processes, seconds, ignoring)
+
+    def kill_all(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        kill_pids(self.processes())
+        self.wait_processes_gone(10)
+
+    def close(self) -> None:
+        self.kill_all()
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
 def run_cluster_script(script: str, args: list[str], cwd: str, timeout: float = 420) -> dict:
     """Run a script that builds its own ray.cluster_utils.Cluster, in a subprocess of its own.
 

@@ -145,6 +145,55 @@ def test_lock_between_processes(tmp_path):
             holder.wait()
 
 
+HOLD_LEASE = """
+import sys, time
+from pipelines.lock import PipelineLock
+lock = PipelineLock(sys.argv[1], "unit", "K1", lease_url=sys.argv[2], lease_seconds=600).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_lock_across_hosts_is_the_lease(tmp_path):
+    """Two hosts share no filesystem (each its own lock folder) but one database: the lease refuses the
+    second while the first lives, through the CLI as well (exit status 3, naming the holder)."""
+    database = f"sqlite:///{tmp_path}/shared.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, str(tmp_path / "host-a" / "unit.pipeline.lock"),
+                               database], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PipelineLocked) as error:
+            PipelineLock(str(tmp_path / "host-b" / "unit.pipeline.lock"), "unit", "K2", lease_url=database).acquire()
+        assert error.value.holder["pid"] == holder.pid and "lease" in str(error.value) and "expires in" in str(error.value)
+        path = write(tmp_path, PIPELINE + f"lock_dir: {tmp_path / 'host-c'}\nlease_database: {database}\n")
+        started = time.time()
+        done = subprocess.run([os.path.join(BIN, "sslab"), "pipeline", "run", path, "--run-key", "K3"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert done.returncode == LOCKED and time.time() - started < 10, done.stderr
+        assert f"pid {holder.pid}" in done.stderr and "run_key K1" in done.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed on this host: its lease is taken over at once, and the taker says whose it was
+    lock = PipelineLock(str(tmp_path / "host-b" / "unit.pipeline.lock"), "unit", "K2", lease_url=database).acquire()
+    try:
+        assert f"pid {holder.pid}" in lock.took_over() and "run key K1" in lock.took_over()
+    finally:
+        lock.release()
+
+
+def test_where_the_lease_lives(tmp_path):
+    path = write(tmp_path, PIPELINE)
+    assert make_plan(path, run_key="K").lease_url() is None  # the default SQLite study: one host, the file lock
+    server = "postgresql://sslab@db.example:5432/optuna"
+    assert make_plan(path, [f"search.storage={server}"], run_key="K").lease_url() == server
+    assert make_plan(path, [f"search.storage={server}", "pipeline.lease_database=none"], run_key="K").lease_url() is None
+    other = f"sqlite:///{tmp_path}/leases.db"
+    assert make_plan(path, [f"pipeline.lease_database={other}"], run_key="K").lease_url() == other
+    with pytest.raises(ConfigError, match="lease_database"):
+        make_plan(path, ["pipeline.lease_database=not a url"], run_key="K")
+
+
 def test_cli_locked_status_and_bad_input(tmp_path):
     lock_dir = tmp_path / "locks"
     text = PIPELINE + f"lock_dir: {lock_dir}\n"

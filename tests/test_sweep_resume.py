@@ -12,12 +12,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import tempfile
 import time
-import uuid
 
 import optuna
-from conftest import BIN, ROOT, kill_pids, marked_processes, wait_gone
+from conftest import BIN, ROOT, MarkedCommand
 from mlflow.tracking import MlflowClient
 
 N_TRIALS = 4
@@ -29,46 +27,16 @@ SEARCH = {"objective": "downstream/knn_top1", "direction": "maximize", "sampler"
           "n_trials": N_TRIALS, "max_concurrent_trials": 2, "seed": 0,
           "space": {"workload.temperature": {"type": "float", "low": 0.05, "high": 1.0, "log": True},
                     "train.batch_size": {"type": "categorical", "choices": [256, 512]}}}
-MARKER = "SSLAB_TEST_SWEEP_RESUME"
 
 
-class Driver:
-    """`sslab sweep` in a session of its own, with a private Ray temp dir and a marker in its environment
-    (inherited by every Ray process it starts), so that everything it started can be found by pid."""
+class Driver(MarkedCommand):
+    """`sslab sweep` of the quick start, tiny, in a session of its own (conftest.MarkedCommand)."""
 
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.tag = uuid.uuid4().hex
-        self.ray_tmp = tempfile.mkdtemp(prefix="sslab-resume-", dir="/tmp")  # short: Ray's socket paths
-        self.process = None
-
-    def start(self, log_name: str) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-        env.update({MARKER: self.tag, "RAY_TMPDIR": self.ray_tmp})
+    def start(self, log_name: str):
         command = [os.path.join(BIN, "sslab"), "sweep", os.path.join(ROOT, "examples", "quickstart.yaml")]
         for override in TINY + [f"search={json.dumps(SEARCH)}"]:
             command += ["--set", override]
-        self.log = self.workdir / log_name
-        self.process = subprocess.Popen(command, cwd=self.workdir, env=env, start_new_session=True,
-                                        stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        return self.process
-
-    def tail(self) -> str:
-        return self.log.read_text()[-6000:] if self.log.exists() else ""
-
-    def processes(self) -> dict[int, str]:
-        """The live processes it started (any generation): {pid: command line}."""
-        return marked_processes(MARKER, self.tag, self.ray_tmp)
-
-    def wait_processes_gone(self, seconds: float, ignoring: tuple[str, ...] = ()) -> dict[int, str]:
-        return wait_gone(self.processes, seconds, ignoring)
-
-    def kill_all(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        kill_pids(self.processes())
-        self.wait_processes_gone(10)
+        return self.run(command, log_name)
 
 
 def trial_runs(db: str) -> list[tuple[str, str, int]]:
@@ -142,8 +110,7 @@ def test_sweep_killed_mid_sweep_resumes_the_same_study(workdir):
         assert second.returncode == 0, driver.tail()
         assert not driver.wait_processes_gone(60), "the finished driver left processes behind"
     finally:
-        driver.kill_all()
-        subprocess.run(["rm", "-rf", driver.ray_tmp], check=False)
+        driver.close()
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
 
     # The study: exactly n_trials finished (complete or pruned) trials in total, the interrupted ones FAIL.
