@@ -11,7 +11,7 @@ global image i on every rank, and the instance ids, the triplet's rolled negativ
 import torch
 from torch import nn
 
-from workloads.distributed import gather_with_grad
+from workloads.distributed import gather_with_grad, rank_and_world
 from workloads.losses import (
     contrastive_loss,
     info_nce_loss,
@@ -63,6 +63,6 @@ class ContrastiveLearner(nn.Module):
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         z = self.head(self.backbone(torch.cat([view1, view2])))
         z1, z2 = z.float().chunk(2)
-        if self.gather:  # one collective for both views: [n, 2, D] -> [W*n, 2, D]
+        if self.gather and rank_and_world()[1] > 1:  # one collective for both views: [n, 2, D] -> [W*n, 2, D]
             z1, z2 = gather_with_grad(torch.stack([z1, z2], dim=1)).unbind(1)
         return two_view_loss(z1, z2, self.loss, self.temperature, self.margin)
