@@ -153,7 +153,7 @@ SETTINGS = [  # (kind, params, draw its figure)
     ("tracking", {"cycle_consistency": True, "gap": 2}, False),
     ("video_colorization", {}, True),
 ]
-METRICS = {"frame_order": {"accuracy"}, "arrow_of_time": {"accuracy", "rejected"},
+METRICS = {"frame_order": {"accuracy", "balanced_accuracy"}, "arrow_of_time": {"accuracy", "rejected"},
            "tracking": {"triplet_accuracy"}, "video_colorization": {"accuracy"}}
 
 
@@ -262,3 +262,13 @@ def test_a_few_steps_learn_an_easy_set(kind, both_ways):
     after = held_out_accuracy(task, test)
     # above the model at init, and above guessing the majority class (75% of frame order's tuples are negatives)
     assert after > max(before, 0.75) + 0.05, (before, after)
+
+
+def test_frame_order_balanced_accuracy_is_chance_for_a_constant_answer():
+    from workloads.video.tasks.frame_order import balanced_accuracy
+
+    labels = torch.tensor([0, 0, 0, 1])  # 3 shuffled, 1 in order (negatives_fraction 0.75)
+    always_shuffled = torch.tensor([[1.0, 0.0]]).repeat(4, 1)
+    assert float(balanced_accuracy(always_shuffled, labels)) == 0.5  # plain accuracy would be 0.75
+    right = torch.nn.functional.one_hot(labels, 2).float()
+    assert float(balanced_accuracy(right, labels)) == 1.0

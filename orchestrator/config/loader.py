@@ -107,5 +107,16 @@ def _valid_keys(loc: tuple, kind: str | None = None, schema: Any = SSLabConfig) 
 def check_files(path: str, config: SSLabConfig) -> None:
     """Local data must exist now, not after the cluster has started."""
     uri = config.data.uri.partition("#")[0]
+    if uri.startswith("synthetic:"):
+        from orchestrator.config.local_paths import absolute_synthetic
+
+        uri = absolute_synthetic(uri).partition("sprites=")[2].partition("&")[0]  # the sprites must exist
+    elif uri.startswith("package:"):
+        from orchestrator.config.local_paths import package_folder
+
+        try:
+            uri = package_folder(uri)
+        except FileNotFoundError as error:
+            raise ConfigError(f"{path}: {error}") from None
     if "://" not in uri and not os.path.exists(uri):
         raise ConfigError(f"{path}: data.uri: no such file or directory: {uri!r} (paths are relative to the working directory)")

@@ -5,12 +5,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from orchestrator.config.sections import CropScale, Section
+from orchestrator.config.video_workload import VIDEO_KINDS, check_clip_frames
 from orchestrator.config.workload import ContrastiveWorkload, WorkloadConfig
 from workloads.methods.negatives import NEGATIVES
 
 
 class DataConfig(Section):
-    uri: str = Field(description="a .parquet file, s3://bucket/key.parquet, an image folder, or cifar10://ROOT")
+    uri: str = Field(description="a .parquet file, s3://bucket/key.parquet, an image folder, or cifar10://ROOT; "
+                     "video workloads: a folder of videos or of frame folders (or on s3://), or synthetic:moving_objects?...")
     format: Literal["auto", "parquet", "folder", "cifar10"] = "auto"
     image_column: str = "image"
     label_column: str = "label"
@@ -21,6 +23,9 @@ class DataConfig(Section):
     test_uri: str | None = Field(None, description="an official test set (same format and columns as data.uri); "
                                  "replaces data.test_fraction, which then defaults to 0")
     s3_endpoint_url: str | None = None
+    clip_frames: int = Field(16, ge=2, le=1024, description="video: frames per clip (a long video gives several clips)")
+    fps: float | None = Field(None, gt=0.0, le=240.0, description="video: frames per second decoded (null: the file's own)")
+    max_clips_per_video: int | None = Field(None, ge=1, description="video: at most this many clips of one video")
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +118,12 @@ class EvalConfig(Section):
     linear_probe: bool = True
     embedding_map_points: int = Field(2000, ge=10)
     random_init_baseline: bool = Field(False, description="also score the encoder before training (downstream/random_init/knn_top1)")
+    images_uri: str | None = Field(None, description="video workloads: labelled images for the image kNN "
+                                   "(downstream/knn_top1), so video and image encoders compare (null: the bundled sample)")
+    propagation_topk: int = Field(5, ge=1, le=1000, description="video: label propagation's top-k source pixels")
+    propagation_temperature: float = Field(0.07, gt=0.0, le=10.0, description="video: label propagation's softmax temperature")
+    propagation_context: int = Field(4, ge=0, le=64, description="video: recent predicted frames used as sources")
+    max_clips: int = Field(32, ge=1, description="video: clips per split scored by label propagation")
 
 
 class TrackingConfig(Section):
@@ -167,6 +178,12 @@ class RunConfig(Section):
         if bank.shuffle_bn == "split" and per_worker % bank.bn_splits:
             raise ValueError(f"bank.bn_splits ({bank.bn_splits}) must divide each worker's batch ({per_worker} = "
                              f"train.batch_size / resources.workers) into equal sub-batches")
+        return self
+
+    @model_validator(mode="after")
+    def _clips_fit_the_task(self) -> "RunConfig":
+        if self.workload.kind in VIDEO_KINDS:
+            check_clip_frames(self.workload, self.data.clip_frames)
         return self
 
     @model_validator(mode="after")

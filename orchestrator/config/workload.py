@@ -1,4 +1,5 @@
-"""The `workload:` block: a contrastive objective or one of the image pretext tasks, chosen by `kind`.
+"""The `workload:` block: a contrastive objective, an image pretext task or a video pretext task
+(orchestrator/config/video_workload.py), chosen by `kind`.
 
 Each kind has its own hyperparameters (a sweep can search any of them as `workload.<name>`); a key
 that belongs to another kind is an error naming the kind. Without `kind`, the workload is contrastive.
@@ -8,6 +9,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Discriminator, Field, Tag
 
 from orchestrator.config.sections import CropScale, Section
+from orchestrator.config.video_workload import VIDEO_WORKLOADS
 
 LOSSES = ("nt_xent", "info_nce", "contrastive", "triplet", "lifted_structured", "npair")
 
@@ -106,7 +108,8 @@ class SplitBrainWorkload(Section):
 
 PRETEXT_WORKLOADS = (RotationWorkload, ExemplarWorkload, RelativePositionWorkload, JigsawWorkload, ColorizationWorkload, DenoisingWorkload,
                      ContextEncoderWorkload, SplitBrainWorkload)
-WORKLOADS = {cls.model_fields["kind"].annotation.__args__[0]: cls for cls in (ContrastiveWorkload, *PRETEXT_WORKLOADS)}
+WORKLOADS = {cls.model_fields["kind"].annotation.__args__[0]: cls
+             for cls in (ContrastiveWorkload, *PRETEXT_WORKLOADS, *VIDEO_WORKLOADS)}
 KINDS = tuple(WORKLOADS)
 
 

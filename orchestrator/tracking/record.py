@@ -50,6 +50,8 @@ def dataset_inputs(report: dict, params: dict[str, str]) -> list[DatasetInput]:
         digest = str(report[hash_key])
         name = os.path.splitext(os.path.basename(uri.split("#", 1)[0].rstrip("/")))[0] or uri
         source_type = uri.split("://", 1)[0] if "://" in uri else "local"
+        if uri.startswith("synthetic:"):  # generated clips: named by the generator, not by its sprites' file
+            name, source_type = uri[len("synthetic:"):].partition("?")[0], "synthetic"
         dataset = Dataset(name=name, digest=digest[:MAX_DIGEST], source_type=source_type,
                           source=json.dumps({"uri": uri}), profile=json.dumps({"data_hash": digest}))
         found.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))

@@ -29,7 +29,8 @@ from workloads.evaluate.features import extract_features
 
 # The objectives computed on the validation split when the pruner asks for them (not per-epoch metrics).
 VAL_METRICS = ("downstream/knn_top1", "downstream/linear_top1", "repr/alignment", "repr/uniformity")
-PER_EPOCH_PREFIXES = ("train/", "bank/")  # reported by the training loop every epoch: no extra evaluation
+VIDEO_VAL_METRICS = ("downstream/propagation/j_mean", "downstream/clip_knn_top1", "downstream/knn_top1")
+PER_EPOCH_PREFIXES = ("train/", "bank/", "pretext/")  # reported by the training loop every epoch: no extra evaluation
 SPLIT_KEYS = ("data.val_fraction", "data.test_fraction")
 
 
@@ -129,12 +130,14 @@ def val_metrics(config: SSLabConfig, encoder, splits: Splits, objective: str, de
                      f"the pruner can use {', '.join(VAL_METRICS)}, or a train/ or bank/ metric")
 
 
-def check_pruning_objective(objective: str) -> None:
+def check_pruning_objective(objective: str, video: bool = False) -> None:
     """Before any work: the pruner needs the objective every epoch. A ValueError unless it is a
-    validation metric computed on demand (VAL_METRICS) or one the training loop reports each epoch."""
-    if objective not in VAL_METRICS and not objective.startswith(PER_EPOCH_PREFIXES):
+    validation metric computed on demand (VAL_METRICS; a video workload's VIDEO_VAL_METRICS) or one
+    the training loop reports each epoch."""
+    measured = VIDEO_VAL_METRICS if video else VAL_METRICS
+    if objective not in measured and not objective.startswith(PER_EPOCH_PREFIXES):
         raise ValueError(f"search.objective {objective!r} has no per-epoch value for the pruner: use one of "
-                         f"{', '.join(VAL_METRICS)} or a train/ or bank/ metric, or set search.pruner: none")
+                         f"{', '.join(measured)} or a train/, bank/ or pretext/ metric, or set search.pruner: none")
 
 
 def should_prune(pruning: dict, metrics: dict, epoch: int, rank: int, world: int,

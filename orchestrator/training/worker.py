@@ -4,6 +4,7 @@ import ray.train.torch
 import torch
 
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.video_workload import VIDEO_KINDS
 from orchestrator.training.final_report import report_final
 from orchestrator.training.learners import (
     backbone_kwargs,
@@ -15,6 +16,7 @@ from orchestrator.training.learners import (
     unwrap,
 )
 from orchestrator.training.state import latest_state, report_epoch
+from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
 from orchestrator.training.trial_eval import (
     data_record,
     load_splits,
@@ -29,15 +31,12 @@ from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
 from workloads.training.pretext_loop import pretext_train_epoch
 
 
-def build_optimizer(params, train) -> torch.optim.Optimizer:
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True)
-    cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
-
-
 def train_worker(loop_config: dict) -> None:
     config = SSLabConfig.model_validate(loop_config["config"])
+    if config.workload.kind in VIDEO_KINDS:
+        from orchestrator.training.video_worker import video_train_worker
+
+        return video_train_worker(loop_config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
@@ -84,11 +83,11 @@ def train_worker(loop_config: dict) -> None:
                 torch.distributed.barrier()  # nobody queries the bank before it is restored
     augment = make_augment(config, splits.normalization).to(device)
 
-    progress = _progress_bar(config, rank, steps_per_epoch, first_epoch)
+    progress = progress_bar(config, rank, steps_per_epoch, first_epoch)
     for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world, config.train.batch_size)
         step_losses: list[list[float]] = []
-        tick = _step_hook(progress, config.train.log_step_loss_every, epoch * steps_per_epoch, step_losses)
+        tick = step_hook(progress, config.train.log_step_loss_every, epoch * steps_per_epoch, step_losses)
         task_metrics = {}
         if pretext:
             stats, task_metrics = pretext_train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device),
@@ -133,28 +132,3 @@ def train_worker(loop_config: dict) -> None:
     figures = {f"{config.workload.kind}.png": task_figure(unwrap(learner), val, device)} if pretext else {}
     report_final(config, encoder_of(learner), backbone_kwargs(config), splits, device, figures=figures,
                  encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)
-
-
-def _step_hook(progress, every: int, first_step: int, step_losses: list):
-    """The loops' on_step: the progress bar, and every `every` global steps the step's loss
-    ([global step, loss], reported with the epoch and logged as train/step_loss)."""
-    if progress is None and not every:
-        return None
-
-    def on_step(step: int, loss: torch.Tensor) -> None:
-        if progress is not None:
-            progress.update(1)
-        if every and (first_step + step) % every == 0:
-            step_losses.append([first_step + step, float(loss)])
-
-    return on_step
-
-
-def _progress_bar(config: SSLabConfig, rank: int, steps_per_epoch: int, first_epoch: int):
-    if rank != 0 or not config.train.progress:
-        return None
-    from ray.experimental.tqdm_ray import tqdm
-
-    bar = tqdm(total=steps_per_epoch * config.train.epochs, desc=f"epoch {first_epoch + 1}/{config.train.epochs}")
-    bar.update(steps_per_epoch * first_epoch)
-    return bar

@@ -73,6 +73,13 @@ def sample_tuples(starts: torch.Tensor, window: int, negatives_fraction: float,
     return frames, (~negative).long()
 
 
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean of the in-order and shuffled recalls: chance is 0.5 whatever negatives_fraction is (plain
+    accuracy rewards always answering "shuffled" with negatives_fraction, 0.75 by default)."""
+    hits = (logits.detach().argmax(dim=1) == labels).float()
+    return torch.stack([hits[labels == c].mean() for c in (0, 1) if bool((labels == c).any())]).mean()
+
+
 class FrameOrder(VideoTask):
     """Binary order verification of frame triplets. Hyperparameters: see the module docstring."""
 
@@ -111,7 +118,8 @@ class FrameOrder(VideoTask):
         clip, frames, labels = self.tuples(clips)
         logits = self.logits(clips, clip, frames)
         labels = labels.to(logits.device)
-        return PretextStep(F.cross_entropy(logits, labels), {"accuracy": accuracy(logits, labels)})
+        return PretextStep(F.cross_entropy(logits, labels), {"accuracy": accuracy(logits, labels),
+                                                             "balanced_accuracy": balanced_accuracy(logits, labels)})
 
     @torch.no_grad()
     def figure(self, clips: torch.Tensor, count: int = 4) -> Figure:
