@@ -262,6 +262,65 @@ def test_moving_objects_masks_tracks_motion_and_labels():
         assert abs(red - (30 + 20 * data.labels[i])) < 6, (i, red, data.labels[i])
 
 
+def test_moving_objects_friction_slows_the_objects_an_arrow_of_time():
+    """friction=f: the same draws (start, direction, first step), then the speed falls by (1 - f) a frame, so
+    forward the objects slow down and backward they speed up; masks and tracks still those of the objects."""
+    sprites, labels = coded_sprites()
+    plain = moving_objects(sprites, labels, clips=24, frames=12, size=32, seed=5)
+    assert moving_objects(sprites, labels, clips=24, frames=12, size=32, seed=5, friction=0.0).content_hash == \
+        plain.content_hash  # no friction: the clips and hash of before
+    slowing = moving_objects(sprites, labels, clips=24, frames=12, size=32, seed=5, friction=0.15)
+    again = moving_objects(sprites, labels, clips=24, frames=12, size=32, seed=5, friction=0.15)
+    assert torch.equal(again.clips, slowing.clips) and again.content_hash == slowing.content_hash
+    assert slowing.content_hash not in (plain.content_hash,
+                                        moving_objects(sprites, labels, clips=24, frames=12, size=32, seed=5,
+                                                       friction=0.1).content_hash)
+    assert torch.equal(slowing.tracks[:, :, 0], plain.tracks[:, :, 0])  # the same start
+    assert torch.equal(slowing.labels, plain.labels)
+    step = lambda data: (data.tracks[:, :, 1:] - data.tracks[:, :, :-1]).norm(dim=-1).mean(dim=(0, 1))  # [11]
+    assert (step(slowing)[:2] - step(plain)[:2]).abs().max() < 0.3  # the first steps at the drawn speed
+    expected = step(plain)[:3].mean() * 0.85 ** torch.arange(11.0)
+    assert (step(slowing) - expected).abs().max() < 0.25 * step(plain).mean()  # ~ speed * (1 - f)^t
+    assert step(slowing)[-3:].mean() < 0.4 * step(slowing)[:3].mean()  # forward: slower and slower
+    backward = slowing.tracks.flip(2)
+    back_step = (backward[:, :, 1:] - backward[:, :, :-1]).norm(dim=-1).mean(dim=(0, 1))
+    assert back_step[-3:].mean() > 2.5 * back_step[:3].mean()  # backward: faster and faster
+    assert 0.8 < step(plain)[-3:].mean() / step(plain)[:3].mean() < 1.25  # without friction: no arrow
+    grid = torch.arange(32, dtype=torch.float32)  # the tracks are still the objects' own: the last drawn (never
+    mask = (slowing.masks == 2).float()            # occluded) object's track is the centroid of its mask
+    area = mask.sum((-2, -1))
+    centre = torch.stack([(mask.sum(-1) * grid).sum(-1) / area, (mask.sum(-2) * grid).sum(-1) / area], -1)
+    assert (area > 0).all() and (centre - slowing.tracks[:, 1]).norm(dim=-1).max() < 0.5
+
+
+def test_synthetic_uri_friction(tmp_path):
+    sprites, labels = coded_sprites(10)
+    table = pa.table({"image": [png(sprite) for sprite in sprites], "label": labels.numpy()})
+    pq.write_table(table, tmp_path / "sprites.parquet")
+    uri = f"synthetic:moving_objects?clips=3&seed=1&sprites={tmp_path / 'sprites.parquet'}"
+    data = load_video(uri + "&friction=0.2", clip_frames=6, image_size=16)
+    direct = moving_objects(*sprites_of(tmp_path / "sprites.parquet"), clips=3, frames=6, size=16, seed=1, friction=0.2)
+    assert torch.equal(data.clips, direct.clips) and data.content_hash == direct.content_hash
+    assert data.content_hash != load_video(uri, clip_frames=6, image_size=16).content_hash
+    for bad, pattern in (("1", r"friction=1\.0: the share of speed lost per frame must be in \[0, 1\)"),
+                         ("-0.1", r"must be in \[0, 1\)"), ("fast", "friction a number")):
+        with pytest.raises(DataError, match=pattern):
+            load_video(f"{uri}&friction={bad}", clip_frames=6, image_size=16)
+
+
+def png(sprite):
+    buffer = io.BytesIO()
+    Image.fromarray(sprite.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sprites_of(path):
+    from workloads.data.parquet import load_parquet
+
+    images = load_parquet(str(path))
+    return images.images, images.labels
+
+
 def test_synthetic_uri_reads_sprites_from_parquet(tmp_path):
     sprites, labels = coded_sprites(10)
     encoded = []

@@ -8,6 +8,13 @@ label-propagation scores need ground truth that real video does not come with; t
 
 Sprites sit at integer pixel positions, so an object's mask is exactly its ellipse and the track (the
 ellipse centre) is exactly the centroid of its unoccluded mask.
+
+Played backwards such a clip is another valid clip of the same kind (constant velocity, bounces and a
+steady pan are all time-symmetric), so on its own it holds no arrow of time. ``friction`` adds one (off,
+0, by default): each object loses that fraction of its speed every frame (speed v at the first step,
+v * (1 - friction)^t at step t; the bounces keep the speed), so objects slow down as time runs forward
+and would speed up, unprompted, played backward. The drawn speed is the first step's. Masks and tracks
+follow the slowing objects as they do the others.
 """
 from __future__ import annotations
 
@@ -25,18 +32,22 @@ from workloads.data.parquet import load_parquet
 from workloads.video.dataset import VideoDataset
 
 DEFAULT_SPRITES = "examples/data/cifar10_sample.parquet"
-PARAMETERS = ("clips", "frames", "size", "objects", "seed", "sprites")
+PARAMETERS = ("clips", "frames", "size", "objects", "seed", "friction", "sprites")
 
 
 def moving_objects(sprites: torch.Tensor, sprite_labels: torch.Tensor, *, clips: int, frames: int, size: int,
-                   objects: int = 2, seed: int = 0, classes: list[str] | None = None) -> VideoDataset:
+                   objects: int = 2, seed: int = 0, friction: float = 0.0,
+                   classes: list[str] | None = None) -> VideoDataset:
     """`clips` clips of `frames` frames of size x size (see the module docstring); all seeded by `seed`.
 
     sprites: uint8 [M, 3, h, w]; sprite_labels: int64 [M]. labels = the class of object 1's sprite.
+    friction: the fraction of its speed an object loses each frame, in [0, 1) (0: constant speed); it
+    changes how far the objects travel, not what is drawn from the seed.
     """
-    if size < 8 or clips < 1 or frames < 1 or objects < 1 or len(sprites) == 0:
-        raise DataError(f"moving_objects: needs size >= 8, clips, frames, objects >= 1 and at least one sprite; got "
-                        f"size={size}, clips={clips}, frames={frames}, objects={objects}, {len(sprites)} sprites")
+    if size < 8 or clips < 1 or frames < 1 or objects < 1 or len(sprites) == 0 or not 0.0 <= friction < 1.0:
+        raise DataError(f"moving_objects: needs size >= 8, clips, frames, objects >= 1, 0 <= friction < 1 and at "
+                        f"least one sprite; got size={size}, clips={clips}, frames={frames}, objects={objects}, "
+                        f"friction={friction}, {len(sprites)} sprites")
     generator = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.rand(*shape, generator=generator)  # one seeded stream, drawn in a fixed order
     n, t, s, k = clips, frames, size, objects
@@ -49,12 +60,15 @@ def moving_objects(sprites: torch.Tensor, sprite_labels: torch.Tensor, *, clips:
     offset = torch.arange(tile) - (tile - 1) / 2
     r = ((offset[:, None] / radii[..., 0, None, None]) ** 2 + (offset / radii[..., 1, None, None]) ** 2).sqrt()
     alpha = ((1 - r) * radii.min(-1).values[..., None, None] + 0.5).clamp(0, 1).view(n, k, 1, tile * tile)
-    # constant velocity, bouncing: fold the straight path into [0, room] (a triangle wave)
+    # constant velocity (or slowing by friction), bouncing: fold the straight path into [0, room] (a triangle wave)
     room = s - tile
     angle = 2 * math.pi * rand(n, k)
     speed = (1 + 2 * rand(n, k)) * size / 32
     velocity = torch.stack([angle.sin(), angle.cos()], -1) * speed[..., None]               # [n, k, 2]
-    straight = rand(n, k, 1, 2) * room + velocity[:, :, None] * torch.arange(t, dtype=torch.float32)[:, None]
+    steps = torch.arange(t, dtype=torch.float64)
+    if friction:  # the distance covered by frame i at speeds 1, r, r^2, ... (r = 1 - friction): (1 - r^i) / (1 - r)
+        steps = (1 - (1 - friction) ** steps) / friction
+    straight = rand(n, k, 1, 2) * room + velocity[:, :, None] * steps.float()[:, None]
     corner = (room - (straight % (2 * room) - room).abs()).round().long()                   # [n, k, t, 2] top-left
     tracks = corner.float() + (tile - 1) / 2
     video = _background(n, t, s, rand)                                                      # [n, t, 3, s * s]
@@ -66,8 +80,9 @@ def moving_objects(sprites: torch.Tensor, sprite_labels: torch.Tensor, *, clips:
         region = video.gather(-1, at.expand(n, t, 3, -1))
         video.scatter_(-1, at.expand(n, t, 3, -1), region * (1 - a) + tiles[:, obj, None] * a)
         masks.scatter_(-1, at, torch.where(a >= 0.5, obj + 1, masks.gather(-1, at)).to(torch.uint8))
-    digest = hashlib.sha256(json.dumps({"generator": "moving_objects", "version": 1, "clips": n, "frames": t,
-                                        "size": s, "objects": k, "seed": seed}).encode())
+    settings = {"generator": "moving_objects", "version": 1, "clips": n, "frames": t, "size": s, "objects": k,
+                "seed": seed, **({"friction": friction} if friction else {})}  # none: the hash it always had
+    digest = hashlib.sha256(json.dumps(settings).encode())
     digest.update(sprites.contiguous().numpy().tobytes())
     digest.update(sprite_labels.to(torch.int64).contiguous().numpy().tobytes())
     names = [f"synthetic{i}" for i in range(n)]
@@ -100,10 +115,11 @@ def _background(n: int, t: int, s: int, rand) -> torch.Tensor:
 
 
 def load_synthetic(uri: str, *, clip_frames: int, image_size: int, s3_endpoint_url: str | None = None) -> VideoDataset:
-    """synthetic:moving_objects?clips=200&frames=16&size=32&objects=2&seed=0&sprites=PATH
+    """synthetic:moving_objects?clips=200&frames=16&size=32&objects=2&seed=0&friction=0&sprites=PATH
 
     frames and size default to data.clip_frames and data.image_size (and must equal them when given);
-    sprites defaults to the CIFAR-10 sample Parquet, relative to the working directory.
+    friction (the share of speed lost per frame, an arrow of time; see the module docstring) defaults to
+    0, none; sprites defaults to the CIFAR-10 sample Parquet, relative to the working directory.
     """
     parts = urlsplit(uri)
     query = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -115,8 +131,11 @@ def load_synthetic(uri: str, *, clip_frames: int, image_size: int, s3_endpoint_u
     try:
         values = {key: int(query.get(key, default)) for key, default in
                   (("clips", 200), ("frames", clip_frames), ("size", image_size), ("objects", 2), ("seed", 0))}
+        friction = float(query.get("friction", 0.0))
     except ValueError:
-        raise DataError(f"{uri}: clips, frames, size, objects and seed must be integers") from None
+        raise DataError(f"{uri}: clips, frames, size, objects and seed must be integers, friction a number") from None
+    if not 0.0 <= friction < 1.0:
+        raise DataError(f"{uri}: friction={friction}: the share of speed lost per frame must be in [0, 1)")
     for key, setting, wanted in (("frames", "data.clip_frames", clip_frames), ("size", "data.image_size", image_size)):
         if values[key] != wanted:
             raise DataError(f"{uri}: {key}={values[key]} but {setting} is {wanted}; drop {key}= from the URI "
@@ -126,6 +145,6 @@ def load_synthetic(uri: str, *, clip_frames: int, image_size: int, s3_endpoint_u
         raise DataError(f"{uri}: sprites file {sprites!r} not found (relative to {os.getcwd()}); set sprites=PATH "
                         "to a Parquet of images and labels, e.g. examples/data/cifar10_sample.parquet")
     images = load_parquet(sprites, s3_endpoint_url=s3_endpoint_url)
-    dataset = moving_objects(images.images, images.labels, classes=images.classes, **values)
+    dataset = moving_objects(images.images, images.labels, classes=images.classes, friction=friction, **values)
     dataset.origin = uri
     return dataset
