@@ -28,6 +28,8 @@ sys.path.insert(0, ROOT)
 import torch
 
 from orchestrator.config.loader import load_config
+from orchestrator.training.video_eval import task_metrics
+from orchestrator.training.worker_parts import build_optimizer
 from workloads.data import Normalization
 from workloads.training.loop import epoch_shard, warmup_cosine
 from workloads.video.data.load import load_video
@@ -39,33 +41,13 @@ KINDS = ("frame_order", "arrow_of_time")
 METRIC = {"frame_order": "balanced_accuracy", "arrow_of_time": "accuracy"}
 
 
-@torch.no_grad()
 def held_out(task, clips, normalization: Normalization, batch_size: int, seed: int) -> dict[str, float]:
-    """The task's metrics on `clips` (a VideoDataset), as video_eval.task_metrics measures them."""
-    was_training = task.training
-    task.eval()
-    sums: dict[str, float] = {}
-    batches = 0
-    batch_size = max(2, min(batch_size, len(clips)))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for start in range(0, len(clips) - batch_size + 1, batch_size):
-            x = clips.clips[start:start + batch_size].float().div_(255.0)
-            x = normalization.normalize(x.flatten(0, 1)).view_as(x)
-            for name, value in task(x, None).metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
-            batches += 1
-    task.train(was_training)
-    return {name: value / batches for name, value in sums.items()}
+    """The task's metrics on `clips` (a VideoDataset), measured as a run measures them (video_eval.task_metrics)."""
+    found = task_metrics(task, clips, normalization, batch_size, "cpu", "held_out", seed)
+    return {key[len("held_out/pretext/"):]: value for key, value in found.items()}
 
 
-def optimizer_of(params, train) -> torch.optim.Optimizer:
-    """orchestrator/training/worker_parts.build_optimizer (kept here: that module is the Ray worker's)."""
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
-                               nesterov=True)
-    cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
+optimizer_of = build_optimizer  # the run's optimizer (bench/video_vs_contrastive.py imports it from here)
 
 
 def measure(kind: str, seed: int, overrides: list[str], verbose: bool = True) -> dict:
