@@ -49,14 +49,16 @@ def pretext_train_epoch(
     batch_size: int,
     device: torch.device,
     precision: str = "auto",
-    augment: bool = True,
+    augment: bool | Callable[[torch.Tensor], torch.Tensor] = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[EpochStats, dict[str, float]]:
     """Train `task` (a PretextTask, or a DDP wrapper of one) for one epoch over `indices`.
 
-    images_uint8: the whole training set, uint8 [N, 3, H, W] (CPU); indices: this worker's shard of
-    data-set indices, in epoch order. Returns the epoch's stats (loss: the mean step loss) and the
-    epoch means of the task's step metrics.
+    images_uint8: the whole training set, uint8 [N, 3, H, W], or clips [N, T, 3, H, W] for a video task
+    (CPU); indices: this worker's shard of data-set indices, in epoch order. augment: True for
+    crop_flip, False for none, or a function of the float batch in [0, 1] (the video loop's flip per
+    clip). Returns the epoch's stats (loss: the mean step loss; images_per_s counts frames for clips)
+    and the epoch means of the task's step metrics.
     """
     task.train()
     steps = full_batches(len(indices), batch_size)
@@ -69,8 +71,8 @@ def pretext_train_epoch(
         with torch.no_grad():
             x = batch.float().div_(255.0)
             if augment:
-                x = crop_flip(x)
-            x = normalize(x, normalization_of(task))  # the data's mean/std
+                x = crop_flip(x) if augment is True else augment(x)
+            x = normalize(x, normalization_of(task))  # the data's mean/std, per channel (per frame of a clip)
         with autocast_for(device, precision):
             out = task(x, ids)
         optimizer.zero_grad(set_to_none=True)
@@ -88,7 +90,7 @@ def pretext_train_epoch(
     stats = EpochStats(
         loss=float(total) / steps,
         lr=optimizer.param_groups[0]["lr"],
-        images_per_s=steps * batch_size / seconds,
+        images_per_s=steps * batch_size * (images_uint8.shape[1] if images_uint8.dim() == 5 else 1) / seconds,
         seconds=seconds,
         steps=steps,
     )
