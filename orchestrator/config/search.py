@@ -148,7 +148,12 @@ class SearchConfig(Section):
         "tpe", description="grid: every combination of a discrete space once (categorical or int dimensions only)")
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
     n_trials: int | None = Field(None, ge=1, description="finished or pruned trials in the study, in total (resumes count)")
-    timeout_minutes: float | None = Field(None, gt=0.0, description="a time budget for one run of the sweep driver")
+    timeout_minutes: float | None = Field(
+        None, gt=0.0, description="a time budget for one run of the sweep driver, running trials included (stopped: KILLED)")
+    trial_timeout_minutes: float | None = Field(
+        None, gt=0.0, description="a trial running longer is stopped and recorded FAILED 'timed out after N min'")
+    prune_non_finite: bool = Field(
+        False, description="a trial whose loss or gradient became nan/inf: PRUNED in the study (default: FAIL)")
     max_concurrent_trials: int = Field(1, ge=1, le=10_000)
     storage: str | None = Field(None, description="null: sqlite:///optuna.db; any SQLAlchemy database URL; journal:PATH")
     study_name: str | None = Field(None, min_length=1, description="defaults to the config's name")
