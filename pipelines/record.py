@@ -7,6 +7,7 @@ import time
 
 from mlflow.entities import Metric, RunTag
 
+from orchestrator.config.secrets import redact
 from orchestrator.tracking.record import Tracker
 from pipelines.plan import Plan
 
@@ -61,7 +62,7 @@ class PipelineRecord:
     def finish(self, run_id: str, output: dict, metrics: dict[str, float] | None = None) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                              tags=[RunTag("sslab.output", json.dumps(output, sort_keys=True)[:4900])])
+                              tags=[RunTag("sslab.output", json.dumps(redact(output), sort_keys=True)[:4900])])
         self.tracker.finish(run_id)
 
     def fail(self, run_id: str, error: BaseException) -> None:

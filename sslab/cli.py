@@ -10,7 +10,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.config.loader import load_config
 
     config = load_config(args.config, args.set)
-    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    from orchestrator.config.secrets import redact
+
+    print(yaml.safe_dump(redact(config.model_dump(mode="json")), sort_keys=False), end="")  # secrets masked
     return 0
 
 
@@ -25,7 +27,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     recorded = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
     scores = {k: round(v, 4) for k, v in sorted(recorded.items()) if k.startswith(("downstream/", "repr/", "test/"))}
     print(json.dumps({"run_id": result.run_id, "experiment_id": result.experiment_id, **scores}, indent=2))
-    print(f"MLflow UI: mlflow ui --backend-store-uri {config.tracking.uri}", file=sys.stderr)
+    from orchestrator.config.secrets import redact_text
+
+    print(f"MLflow UI: mlflow ui --backend-store-uri {redact_text(config.tracking.uri)}", file=sys.stderr)
     return 0
 
 
@@ -52,7 +56,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     print(json.dumps(summary, indent=2))
     # absolute: the command works from any directory
-    print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}", file=sys.stderr)
+    from orchestrator.config.secrets import redact_text
+
+    print(f"MLflow UI: mlflow ui --backend-store-uri {redact_text(result.tracking_uri)}", file=sys.stderr)
     return 0
 
 
@@ -222,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, CompareError, FileNotFoundError, JobError, StudyBusyError) as error:
-        print(f"sslab {args.command}: error: {error}", file=sys.stderr)
+        from orchestrator.config.secrets import redact_text
+
+        print(f"sslab {args.command}: error: {redact_text(str(error))}", file=sys.stderr)  # never a password
         return 2
 
 

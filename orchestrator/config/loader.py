@@ -6,6 +6,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.secrets import UnsetVariable, expand_env, redact, redact_text
 from orchestrator.config.workload import KINDS, WORKLOADS
 
 
@@ -60,12 +61,27 @@ def load_config(path: str, overrides: list[str] = ()) -> SSLabConfig:
     raw, positions = read_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
+    raw = expand_references(path, raw, positions, overrides)
     try:
         config = SSLabConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_errors(path, error, positions, overrides)) from None
     check_files(path, config)
     return config
+
+
+def expand_references(path: str, raw: dict, positions: dict, overrides: list[str] = ()) -> dict:
+    """The raw config with its ${NAME} references replaced by the environment's values (secrets travel
+    by name, see orchestrator.config.secrets); an unset variable is an error naming the key and the variable."""
+    try:
+        return expand_env(raw)
+    except UnsetVariable as error:
+        loc = tuple(int(p) if p.isdigit() else p for p in error.key.split("."))
+        where = next((positions[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in positions), None)
+        place = "--set" if _overridden(error.key, overrides) else f"{path}:{where[0]}:{where[1]}" if where else path
+        raise ConfigError(f"{place}: {error.key}: ${{{error.name}}} names the environment variable {error.name}, which "
+                          f"is not set: set it where this config is loaded (for a submitted sweep also on the "
+                          f"cluster's nodes), or write $${{...}} for a literal ${{") from None
 
 
 def format_errors(path: str, error: ValidationError, positions: dict, overrides: list[str], schema: Any = SSLabConfig) -> str:
@@ -79,14 +95,14 @@ def format_errors(path: str, error: ValidationError, positions: dict, overrides:
         key = ".".join(str(p) for p in loc) or "(top level)"
         where = next((positions[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in positions), None)
         place = f"{path}:{where[0]}:{where[1]}" if where and not _overridden(key, overrides) else "--set" if _overridden(key, overrides) else path
-        got = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
+        got = f" (got {redact(item['input'], key)!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key; valid keys here: " + ", ".join(_valid_keys(loc[:-1], kind, schema))
             if kind:
                 message = f"unknown key for workload kind {kind!r}; valid keys: " + ", ".join(_valid_keys(loc[:-1], kind))
         lines.append(f"  {place}: {key}: {message}{got}")
-    return "\n".join(lines)
+    return redact_text("\n".join(lines))  # a validator's message may quote the value: never its password
 
 
 def _overridden(key: str, overrides: list[str]) -> bool:

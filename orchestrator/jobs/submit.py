@@ -1,8 +1,10 @@
 """`sslab sweep CONFIG --address http://HEAD:8265`: the sweep driver submitted as a Ray job.
 
-Everything that can be refused here is refused before anything is uploaded: storage that the
-cluster's nodes would not reach (cluster_check), a config or data file that would not travel, a
-working directory too large (job_upload), and a job of the same study still pending or running.
+Everything that can be refused here is refused before anything is uploaded: a secret written out in
+an override or in the config file (both travel and are shown by the dashboard: secrets go by
+environment variable name, ${NAME}, expanded on the cluster), storage that the cluster's nodes would
+not reach (cluster_check), a config or data file that would not travel, a working directory too
+large (job_upload), and a job of the same study still pending or running.
 The job's entrypoint runs the same `sslab sweep CONFIG --set ...` on the cluster, where Ray sets
 RAY_ADDRESS to the cluster for the driver, so it joins the cluster instead of submitting again.
 """
@@ -12,8 +14,10 @@ import shlex
 import uuid
 from dataclasses import dataclass
 
+from orchestrator.config.loader import ConfigError, read_yaml
 from orchestrator.config.local_paths import with_absolute_paths
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.secrets import how_to_pass, literal_secrets, override_secret
 from orchestrator.jobs.client import JobError, connect, job_errors, sslab_jobs
 from orchestrator.jobs.cluster_check import check_cluster_storage
 from orchestrator.jobs.upload import check_upload, runtime_env
@@ -42,8 +46,23 @@ def submission_address(address: str | None) -> str | None:
     return env if env.startswith(("http://", "https://")) else None
 
 
+def refuse_literal_secrets(config_path: str, overrides: list[str]) -> None:
+    """A submitted sweep's overrides travel in the job's entrypoint and its config file in the uploaded
+    working directory; the dashboard shows both to anyone who can open it. A secret written out in
+    either (a password in a URL, a credential-named key's value) is refused, naming the key, never
+    the value; a ${NAME} reference is what travels instead."""
+    problems = [f"--set {key}: holds a secret written out (it would travel in the Ray job's entrypoint, which the "
+                f"dashboard shows); {how_to_pass(key)}" for key in filter(None, map(override_secret, overrides))]
+    raw, _ = read_yaml(config_path)
+    problems += [f"{config_path}: {key}: holds a secret written out (the config file travels to the cluster in the "
+                 f"job's working directory, which the cluster keeps); {how_to_pass(key)}" for key in literal_secrets(raw)]
+    if problems:
+        raise ConfigError("not submitted: " + "\n  ".join(problems))
+
+
 def submit_sweep(address: str, config_path: str, overrides: list[str], config: SSLabConfig) -> Submission:
     workdir = os.getcwd()
+    refuse_literal_secrets(config_path, overrides)
     notes = check_cluster_storage(config)
     config_file = os.path.relpath(os.path.abspath(config_path), workdir)
     if config_file.split(os.sep)[0] == "..":

@@ -16,9 +16,10 @@ from pathlib import Path
 # count here agrees with what Ray uploads.
 from ray._private.thirdparty.pathspec import PathSpec
 
+from orchestrator.config.secrets import literal_secrets
 from orchestrator.jobs.client import JobError
 
-EXCLUDES = [".git", ".hg", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
+EXCLUDES = [".git", ".env", ".hg", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
             ".ipynb_checkpoints", "*.egg-info", "mlruns", "mlartifacts", "sslab_runs", "checkpoints", "*.db",
             "*.db-journal", "*.db-wal", "*.db-shm"]
 PACKAGES = ("sslab", "orchestrator", "workloads", "pipelines")
@@ -33,6 +34,12 @@ def package_dirs() -> list[str]:
 
 
 def runtime_env(workdir: str, env_vars: dict[str, str]) -> dict:
+    """The job's runtime_env. It is shown by the dashboard: a secret among env_vars is refused (secrets
+    reach the job from the cluster nodes' own environment, named by ${NAME} references)."""
+    secret = literal_secrets(env_vars)
+    if secret:
+        raise JobError(f"runtime_env env_vars {', '.join(secret)}: a secret would be shown by the dashboard; "
+                       f"set it in the environment of the cluster's nodes instead")
     workdir = os.path.abspath(workdir)
     modules = package_dirs()
     inside = ["/" + os.path.relpath(path, workdir) for path in modules if Path(path).is_relative_to(workdir)]

@@ -30,6 +30,7 @@ from orchestrator.config.loader import ConfigError
 from orchestrator.config.local_paths import with_absolute_paths
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.search_checks import apply_params
+from orchestrator.config.secrets import redact_text
 from orchestrator.ray_runtime import ensure_ray
 from orchestrator.sweep.coordinator import start_coordinator
 from orchestrator.sweep.record import SweepRecord
@@ -162,7 +163,7 @@ def trial_settings(base: dict, params: dict, number: int, record: SweepRecord) -
         return SSLabConfig.model_validate({**apply_params(base, {**params, "train.progress": False}), "search": None})
     except ValueError as error:  # pydantic's ValidationError is a ValueError
         record.invalid_trial(number, params, error)
-        print(f"sslab sweep: trial {number} {params}: invalid config: {error}", flush=True)
+        print(redact_text(f"sslab sweep: trial {number} {params}: invalid config: {error}"), flush=True)
         return None
 
 
@@ -184,7 +185,7 @@ def outcome(ref: ray.ObjectRef, number: int, record: SweepRecord, objective: str
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as error:  # run_training raised: its MLflow run is FAILED with the error
         cause = error.as_instanceof_cause()
-        print(f"sslab sweep: trial {number} failed: {str(cause).strip().splitlines()[-1][:500]}", flush=True)
+        print(redact_text(f"sslab sweep: trial {number} failed: {str(cause).strip().splitlines()[-1][:500]}"), flush=True)
         return None, "FAIL"
     except ray.exceptions.RayError as error:  # its process died: the run may still say RUNNING
         record.fail_trial_runs(number, f"the trial's process died: {type(error).__name__}: {error}"[:4900])
@@ -227,4 +228,4 @@ def stop(error: BaseException, coordinator, record: SweepRecord) -> None:
         try:
             step()
         except Exception as problem:  # keep going: the record should tell as much of the truth as it can
-            print(f"sslab sweep: while stopping: {type(problem).__name__}: {problem}", flush=True)
+            print(redact_text(f"sslab sweep: while stopping: {type(problem).__name__}: {problem}"), flush=True)

@@ -8,6 +8,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.secrets import redact_text
 from orchestrator.sweep.study import make_storage
 from orchestrator.tracking.record import Tracker, log_metrics
 
@@ -36,7 +37,8 @@ class SweepRecord:
             self.client.log_batch(self.parent_run_id, params=[
                 Param("search.objective", search.objective), Param("search.direction", search.direction),
                 Param("search.sampler", search.sampler), Param("search.pruner", search.pruner),
-                Param("search.n_trials", str(search.n_trials)), Param("search.storage", str(search.storage))])
+                Param("search.n_trials", str(search.n_trials)),
+                Param("search.storage", redact_text(str(search.storage)))])  # its password masked
 
     def trial_tags(self, number: int) -> dict:
         return {"mlflow.parentRunId": self.parent_run_id, "sslab.trial_number": str(number),
@@ -56,7 +58,7 @@ class SweepRecord:
         """A trial whose parameters the config refuses: a FAILED run with those parameters and the error."""
         run = self.client.create_run(self.tracker.experiment_id, run_name=f"trial-{number}",
                                      tags={"sslab.kind": "trial", **self.trial_tags(number)})
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=[Param(k, redact_text(str(v))) for k, v in params.items()])
         self.tracker.fail(run.info.run_id, error)
 
     def fail_stale_trials(self, reason: str, status: str = "FAILED") -> list[int]:
@@ -64,7 +66,7 @@ class SweepRecord:
         FAILED (or KILLED) with the reason as tag sslab.error. Returns their trial numbers."""
         numbers = []
         for run in self._trial_runs("attributes.status = 'RUNNING'"):
-            self.client.set_tag(run.info.run_id, "sslab.error", reason)
+            self.client.set_tag(run.info.run_id, "sslab.error", redact_text(reason))
             self.client.set_terminated(run.info.run_id, status)
             numbers.append(int(run.data.tags.get("sslab.trial_number", -1)))
         return numbers
@@ -72,7 +74,7 @@ class SweepRecord:
     def fail_trial_runs(self, number: int, reason: str) -> None:
         """A trial whose process died: its run, if still RUNNING, FAILED with the reason (tag sslab.error)."""
         for run in self._trial_runs(f"tags.`sslab.trial_number` = '{number}' AND attributes.status = 'RUNNING'"):
-            self.client.set_tag(run.info.run_id, "sslab.error", reason)
+            self.client.set_tag(run.info.run_id, "sslab.error", redact_text(reason))
             self.client.set_terminated(run.info.run_id, "FAILED")
 
     def outcomes(self, started: dict[int, float], objective: str) -> dict[int, tuple[float | None, str]]:

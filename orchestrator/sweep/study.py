@@ -19,6 +19,7 @@ from orchestrator.config.local_paths import (
 )
 from orchestrator.config.search import CONDITIONS, SearchConfig
 from orchestrator.config.search_checks import get_key
+from orchestrator.config.secrets import redact_text
 
 OBJECTIVE_ATTR = "sslab.objective"
 RETRY_ATTR = "sslab.retry_of"
@@ -207,11 +208,11 @@ def open_study(search: SearchConfig, name: str, base: Any = None, epochs: int | 
                                 study_name=study_name, direction=search.direction, load_if_exists=True)
     recorded = study.user_attrs.get(OBJECTIVE_ATTR)
     if study.direction.name.lower() != search.direction or recorded not in (None, search.objective):
-        raise ValueError(f"study {study_name!r} in {storage_url(search)} was made to {study.direction.name.lower()} "
+        raise ValueError(f"study {study_name!r} in {redact_text(storage_url(search))} was made to {study.direction.name.lower()} "
                          f"{recorded or 'an unrecorded objective'}; this config asks to {search.direction} "
                          f"{search.objective}: set search.study_name to start a new study")
     if recorded is None:
-        study.set_user_attr(OBJECTIVE_ATTR, search.objective)
+        study.set_user_attr(OBJECTIVE_ATTR, redact_text(search.objective))  # user attrs: never a secret
     return study
 
 

@@ -11,6 +11,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.secrets import redact, redact_text
 
 # The short names DESIGN.md's record promises, beside the full dotted config.
 CONTRACT_PARAMS = {
@@ -84,10 +85,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def run_params(config: SSLabConfig) -> dict[str, str]:
-    flat = {k: v for k, v in flatten(config.model_dump()).items() if not k.startswith("tracking.")}
+    """The run's params: the contract's short names and every other config value, secrets masked."""
+    flat = redact({k: v for k, v in flatten(config.model_dump()).items() if not k.startswith("tracking.")})
     params = {short: flat[full] for short, full in CONTRACT_PARAMS.items() if full in flat}  # pretext: no loss
     params.update({k: v for k, v in flat.items() if k not in CONTRACT_PARAMS.values()})
     return {k: str(v) for k, v in params.items()}
+
+
+def config_yaml(config: SSLabConfig) -> str:
+    """The config as a YAML artifact: every value as resolved, secrets masked (nothing reads it back)."""
+    return yaml.safe_dump(redact(config.model_dump(mode="json")), sort_keys=False)
 
 
 def git_commit() -> str | None:
@@ -104,6 +111,8 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
         self.uri = uri
+        if redact_text(uri) != uri:  # MLflow prints each run's link with the tracking URI, password included
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # (MLflow's switch for that print)
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
@@ -116,7 +125,7 @@ class Tracker:
                     self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def start_run(self, config: SSLabConfig, kind: str, run_name: str | None = None, tags: dict | None = None) -> str:
-        all_tags = {"sslab.kind": kind, **(tags or {})}
+        all_tags = redact({"sslab.kind": kind, **(tags or {})})
         commit = git_commit()
         if commit:
             all_tags["mlflow.source.git.commit"] = commit
@@ -129,7 +138,7 @@ class Tracker:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "config.yaml")
             with open(path, "w") as handle:
-                yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
+                handle.write(config_yaml(config))
             self.client.log_artifact(run_id, path)
         return run_id
 
@@ -144,14 +153,14 @@ class Tracker:
     def fail(self, run_id: str, error: BaseException) -> None:
         """FAILED with the error as a tag and an artifact; KILLED when stopped (Ctrl-C, SIGTERM)."""
         killed = isinstance(error, (KeyboardInterrupt, SystemExit))  # Ctrl-C; SIGTERM via Ray's handler
-        message = f"{type(error).__name__}: {error}"
+        message = redact_text(f"{type(error).__name__}: {error}")
         self.client.log_batch(run_id, tags=[RunTag("sslab.error", message[:4900])])
         # the status first: a process cut short during the upload below must not leave the run RUNNING
         self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "error.txt")
             with open(path, "w") as handle:
-                handle.write("".join(traceback.format_exception(error)))
+                handle.write(redact_text("".join(traceback.format_exception(error))))
             self.client.log_artifact(run_id, path)
 
 

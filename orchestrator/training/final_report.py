@@ -13,6 +13,7 @@ import yaml
 from torch import nn
 
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.secrets import redact
 from orchestrator.tracking.figures import embedding_map
 from orchestrator.training.trial_eval import Splits, make_augment
 from workloads.checkpoint import save_encoder
@@ -43,6 +44,6 @@ def report_final(config: SSLabConfig, encoder: nn.Module, kwargs: dict, splits: 
         embedding_map(val_features[shown], val.labels[shown], train.classes, os.path.join(folder, "embedding_map.png"),
                       f"{config.name}: validation features (t-SNE), kNN top-1 {scores['downstream/knn_top1']:.3f}")
         with open(os.path.join(folder, "resolved_config.yaml"), "w") as handle:
-            yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
+            yaml.safe_dump(redact(config.model_dump(mode="json")), handle, sort_keys=False)  # secrets masked
         metrics = {"epoch": config.train.epochs, **scores, **(extra or {})}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

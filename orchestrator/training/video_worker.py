@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from orchestrator.config.schema import SSLabConfig
+from orchestrator.config.secrets import redact
 from orchestrator.training.learners import backbone_kwargs, batchnorm_for_workers, unwrap
 from orchestrator.training.state import latest_state, report_epoch
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
@@ -110,5 +111,5 @@ def report_video_final(config: SSLabConfig, task, splits, device) -> None:
             figure = task.figure(splits.normalization.normalize(shown.flatten(0, 1)).view_as(shown))
         figure.savefig(os.path.join(folder, f"{config.workload.kind}.png"), dpi=100, bbox_inches="tight")
         with open(os.path.join(folder, "resolved_config.yaml"), "w") as handle:
-            yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
+            yaml.safe_dump(redact(config.model_dump(mode="json")), handle, sort_keys=False)  # secrets masked
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
