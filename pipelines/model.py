@@ -55,7 +55,8 @@ def load_evaluation(evaluation, image_size: int | None = None) -> EvaluationSet:
 
 @torch.no_grad()
 def features(model: nn.Module, images_uint8: torch.Tensor) -> torch.Tensor:
-    model.eval()
+    if not isinstance(model, torch.fx.GraphModule):  # a loaded pt2 export runs as exported (eval) and refuses .eval()
+        model.eval()
     return torch.cat([model(images_uint8[i:i + BATCH].float().div(255.0)).float()
                       for i in range(0, len(images_uint8), BATCH)])
 

@@ -1,5 +1,8 @@
 """The MLflow Model Registry: a new version per run (register) and the `champion` alias, moved only
 when the candidate beats the champion on the same evaluation set (promote)."""
+import contextlib
+import os
+
 import numpy as np
 from mlflow.tracking import MlflowClient
 
@@ -7,12 +10,13 @@ from pipelines.model import EncoderModel, EvaluationSet, knn_top1
 
 ALIAS = "champion"
 METRIC = "knn_top1"
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 
 def log_and_register(tracking_uri: str, run_id: str, model: EncoderModel, name: str, image_size: int,
                      tags: dict[str, str]) -> str:
-    """Log the model to the run with mlflow.pytorch (signature, input example) and register it as a new
-    version of `name` linked to the run; returns the version."""
+    """Log the model to the run with mlflow.pytorch in the pt2 format (signature, input example) and
+    register it as a new version of `name` linked to the run; returns the version."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -23,9 +27,11 @@ def log_and_register(tracking_uri: str, run_id: str, model: EncoderModel, name: 
         output = model.eval()(torch.from_numpy(example)).numpy()
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
+        # pt2 (torch.export): a graph and tensors, loaded without unpickling code; a pickled nn.Module
+        # would run whatever its file says when loaded. The batch dimension stays dynamic (example of 2).
         info = mlflow.pytorch.log_model(model, name="encoder", signature=infer_signature(example, output),
                                         input_example=example, registered_model_name=name,
-                                        serialization_format="pickle")  # the nn.Module itself (pt2 loads an export)
+                                        serialization_format="pt2")
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri)
     for key, value in tags.items():
@@ -44,12 +50,31 @@ def champion(client: MlflowClient, name: str):
 
 
 def champion_score(tracking_uri: str, name: str, data: EvaluationSet) -> float:
-    """The champion, loaded as users load it (models:/NAME@champion), scored on this evaluation set."""
+    """The champion, loaded as users load it (models:/NAME@champion), scored on this evaluation set.
+
+    Loaded with MLflow's pickle deserialization off: a pt2 model is checked to hold only tensors and
+    plain data before it loads, and a pickled one (an older sslab's, or planted) is refused."""
     import mlflow
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(tracking_uri)
-    return knn_top1(mlflow.pytorch.load_model(f"models:/{name}@{ALIAS}", map_location="cpu"), data)
+    with no_pickle():
+        model = mlflow.pytorch.load_model(f"models:/{name}@{ALIAS}", map_location="cpu")
+    return knn_top1(model, data)
+
+
+@contextlib.contextmanager
+def no_pickle():
+    """MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false inside the block (MLflow reads it at each load)."""
+    saved = os.environ.get(PICKLE_SWITCH)
+    os.environ[PICKLE_SWITCH] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(PICKLE_SWITCH, None)
+        else:
+            os.environ[PICKLE_SWITCH] = saved
 
 
 def gate(candidate: float, incumbent: float | None, margin: float) -> str | None:

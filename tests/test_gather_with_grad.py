@@ -74,7 +74,7 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("gather")
     mp.spawn(_rank_main, args=(free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def one_process(loss: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -32,6 +32,7 @@ from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.search_checks import apply_params
 from orchestrator.config.secrets import redact_text
 from orchestrator.ray_runtime import ensure_ray
+from orchestrator.services import check_services
 from orchestrator.sweep.coordinator import start_coordinator
 from orchestrator.sweep.record import SweepRecord
 from orchestrator.training.run import run_training
@@ -80,6 +81,7 @@ def run_sweep(config: SSLabConfig) -> SweepResult:
 def preflight(config: SSLabConfig) -> None:
     """Before any work: the pruner can have the objective every epoch, and the data's classes fill
     every split (ConfigError / DataError naming the key)."""
+    check_services(config)  # every tracking server, database and S3 endpoint answers (ServiceError within 15 s)
     video = config.workload.kind in VIDEO_KINDS
     if config.search.pruner != "none":
         try:

@@ -9,6 +9,7 @@ from orchestrator.config.local_paths import with_absolute_paths
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.memory_bank import ShardedMemoryBank
 from orchestrator.ray_runtime import ensure_ray
+from orchestrator.services import check_services
 from orchestrator.tracking.mlflow_callback import MlflowReportCallback
 from orchestrator.tracking.record import Tracker
 from orchestrator.training.worker import train_worker
@@ -51,6 +52,7 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
     sweep's trial; a pruned run ends KILLED with tag sslab.pruned=true.
     """
     config = with_absolute_paths(config)
+    check_services(config)  # before the MLflow run: a dead tracking server could not record a FAILED run
     tracker = Tracker(config.tracking.uri, config.tracking.experiment or config.name, config.tracking.artifact_location)
     run_id = tracker.start_run(config, kind=kind, run_name=run_name or config.name, tags=tags)
     bank = None

@@ -1,21 +1,53 @@
 """Per-epoch training state in Ray Train checkpoints, so a restarted run resumes where it stopped."""
+import errno
 import os
 import tempfile
 
 import ray.train
 import torch
 
+from workloads.checkpoint import load_plain
+
 STATE_FILE = "train_state.pt"
 
 
 def report_epoch(metrics: dict, state: dict | None) -> None:
-    """Every rank reports; rank 0 attaches the state (written atomically by Ray's checkpoint upload)."""
+    """Every rank reports; rank 0 attaches the state (Ray copies it to storage.path)."""
     if state is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, os.path.join(folder, STATE_FILE))
+        report_checkpoint(metrics, folder, f"the checkpoint of epoch {state.get('epoch')}")
+
+
+def report_checkpoint(metrics: dict, folder: str, what: str) -> None:
+    """ray.train.report with `folder` as the checkpoint. A full disk at storage.path stops the run with
+    an error that says so (ENOSPC); the half-copied folder is removed, so the checkpoints Ray kept are
+    the complete ones (a restarted run resumes from the last of them)."""
+    storage = ray.train.get_context().get_storage()
+    before = checkpoint_folders(storage)
+    try:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    except OSError as error:
+        if getattr(error, "errno", None) != errno.ENOSPC and "no space left" not in str(error).lower():
+            raise
+        for partial in checkpoint_folders(storage) - before:
+            storage.storage_filesystem.delete_dir(partial)
+        where = storage.storage_fs_path
+        where = f"s3://{where}" if storage.storage_filesystem.type_name == "s3" else where
+        raise OSError(errno.ENOSPC, f"storage.path {where}: the disk is full (ENOSPC, no space left "
+                      f"on device) writing {what}; the earlier checkpoints are kept. Free space there, or "
+                      f"set storage.path to a disk with room, and run again") from None
+
+
+def checkpoint_folders(storage) -> set[str]:
+    """The run's checkpoint folders on its storage filesystem (local or S3), as paths on it."""
+    import pyarrow.fs
+
+    selector = pyarrow.fs.FileSelector(storage.experiment_fs_path, allow_not_found=True)
+    return {info.path for info in storage.storage_filesystem.get_file_info(selector)
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")}
 
 
 def latest_state() -> dict | None:
@@ -23,5 +55,12 @@ def latest_state() -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        path = os.path.join(folder, STATE_FILE)
-        return torch.load(path, map_location="cpu", weights_only=True) if os.path.exists(path) else None
+        return load_state(folder)
+
+
+def load_state(folder: str) -> dict | None:
+    """The state in a checkpoint folder, loaded with weights_only=True (model, optimizer, scheduler, key
+    encoder and bank states are tensors in plain containers). Anything else in storage.path was put
+    there by someone else: UnsafeCheckpointError names the file, and none of its code runs."""
+    path = os.path.join(folder, STATE_FILE)
+    return load_plain(path, map_location="cpu") if os.path.exists(path) else None
