@@ -27,8 +27,14 @@ def step_loss_means(metrics: list[dict]) -> dict[int, float]:
 
 
 class MlflowReportCallback(ray.train.UserCallback):
+    """One per run, in its controller, which outlives worker-group restarts: so it also counts them.
+
+    A restart shows in the reports as a resumed epoch (train/resumed_from_epoch, from a checkpoint) or
+    as an epoch reported again (a restart before the first checkpoint): logged as train/restarts."""
+
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.last_epoch, self.restarts = -1, 0
 
     def after_report(self, run_context, metrics: list[dict], checkpoint: ray.train.Checkpoint | None) -> None:
         client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -46,6 +52,11 @@ class MlflowReportCallback(ray.train.UserCallback):
                 continue
             values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
             numeric[key] = sum(values) if key in SUMMED else max(values) if key in MAXED else sum(values) / len(values)
+        epoch = int(lead.get("epoch", 0))
+        if "train/resumed_from_epoch" in lead or (epoch <= self.last_epoch and "sslab.data_hash" in lead):
+            self.restarts += 1
+            numeric["train/restarts"] = self.restarts
+        self.last_epoch = max(self.last_epoch, epoch)
         if numeric:
             log_metrics(client, self.run_id, numeric, step=int(lead.get("epoch", 0)))
         step_losses = step_loss_means(metrics)
