@@ -107,7 +107,8 @@ def test_workflow_passes_the_github_workflow_schema_and_runs_one_at_a_time(tmp_p
 
 # ---- docker compose --------------------------------------------------------------------------
 
-COMPOSE_ENV = {"POSTGRES_PASSWORD": "not-a-secret", "MINIO_ROOT_USER": "sslab", "MINIO_ROOT_PASSWORD": "not-a-secret"}
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "not-a-secret", "MINIO_ROOT_USER": "sslab", "MINIO_ROOT_PASSWORD": "not-a-secret",
+               "RAY_AUTH_TOKEN": "not-a-secret-token"}
 
 
 def test_compose_file_passes_the_compose_spec_schema():
@@ -130,6 +131,8 @@ def test_compose_file_passes_docker_compose_config_and_publishes_on_loopback_onl
     mlflow = config["services"]["mlflow"]["command"]
     assert "--backend-store-uri postgresql://" in mlflow and "--artifacts-destination s3://" in mlflow
     assert "not-a-secret" not in mlflow  # the password reaches libpq as PGPASSWORD, never in the URL
+    for ray_node in ("ray-head", "ray-worker"):  # the Jobs API runs code: token auth on every node
+        assert config["services"][ray_node]["environment"]["RAY_AUTH_MODE"] == "token"
     image = config["services"]["ray-head"]["image"]
     assert image.endswith(f"ray-{pinned_ray()}")
     # without the passwords the file refuses to start rather than run with empty ones
@@ -242,3 +245,24 @@ def test_every_schedule_fires_at_the_pipelines_own_tick():
     schedules = {"crontab": crontab()[1], "workflow": yaml.safe_load(open(WORKFLOW))[True]["schedule"][0]["cron"]}
     schedules.update({name: doc["spec"]["schedule"] for name, doc in manifests() if "schedule" in doc.get("spec", {})})
     assert len(schedules) == 4 and set(schedules.values()) == {tick}, schedules
+
+
+# ---- safe defaults -----------------------------------------------------------------------------
+
+def test_no_test_example_or_benchmark_binds_wider_than_loopback():
+    """Every server a test, an example or a benchmark starts listens on 127.0.0.1 (deploy/ alone binds
+    wider, and deploy/README.md's table says what protects each)."""
+    wide = re.compile(r"0\.0\.0\.0|host\s*=\s*['\"]?(::|\*)['\"]?[,)\s]")
+    found = []
+    for folder in ("tests", "examples", "bench", "orchestrator", "pipelines", "sslab"):
+        for base, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if name.endswith((".py", ".yaml", ".yml", ".sh")) and name != "test_deploy.py":
+                    text = open(os.path.join(base, name), errors="replace").read()
+                    found += [f"{name}: {m.group(0)}" for m in wide.finditer(text)]
+    assert not found, found
+    readme = open(os.path.join(DEPLOY, "README.md")).read()
+    for server in ("Jobs API", "MLflow tracking server", "Ray GCS"):
+        [row] = [line for line in readme.splitlines() if line.startswith("| ") and server in line.split("|")[1]]
+        assert "token" in row or "basic-auth" in row, row
+    assert "remote code execution" in readme
