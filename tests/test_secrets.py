@@ -71,6 +71,7 @@ def test_credential_named_assignments_in_free_text_are_masked(text, expected):
     f"Ray token authentication: the cluster requires a token: set RAY_AUTH_MODE=token and supply it: {TOKEN_SOURCES}",
     "AWS_SHARED_CREDENTIALS_FILE=/home/u/.aws/credentials", "author=Ada", "--set search.storage=${SSLAB_OPTUNA_DB}",
     "password=${DB_PASSWORD}", "secret_name=sslab-db", "train.epochs=3 workload.temperature=0.2",
+    "the server wants Basic authentication or a Bearer token",
 ])
 def test_harmless_text_is_unchanged(text):
     assert redact_text(text) == text

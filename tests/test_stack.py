@@ -6,6 +6,7 @@ import subprocess
 import boto3
 import optuna
 import pytest
+import yaml
 from conftest import BIN, ROOT
 from mlflow.tracking import MlflowClient
 
@@ -61,29 +62,79 @@ def test_mlflow_server_on_postgres_keeps_artifacts_in_s3_and_optuna_shares_the_d
         assert cursor.fetchone() == (1,)
 
 
+def database_text(url: str) -> str:
+    """Every row of every table of a PostgreSQL database, as text: what a grep of its dump would see."""
+    import psycopg
+
+    with psycopg.connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+                       "AND table_schema NOT IN ('pg_catalog', 'information_schema')")
+        rows = []
+        for schema, table in cursor.fetchall():
+            cursor.execute(f'SELECT t::text FROM "{schema}"."{table}" t')
+            rows += [f"{table}: {row}" for (row,) in cursor.fetchall()]
+    return "\n".join(rows)
+
+
+def bucket_objects(stack) -> dict[str, bytes]:
+    """Every object in the stack's bucket (MLflow's artifacts, Ray Train's storage): {key: bytes}."""
+    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1")
+    return {key: s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read() for key in s3_keys(stack, "")}
+
+
 @pytest.mark.slow
-def test_sslab_train_against_the_stack_checkpoints_to_s3(production_stack, tmp_path):
-    """`sslab train` as a user runs it, with its record on the MLflow server (PostgreSQL + S3 artifacts) and
-    Ray Train's storage on s3://: its own local Ray instance, in a subprocess with the stack's environment."""
+def test_a_sweep_against_the_stack_checkpoints_to_s3_and_records_no_secret(production_stack, tmp_path):
+    """`sslab sweep` as a user runs it (one trial), with its record on the MLflow server (PostgreSQL + S3
+    artifacts), the study on PostgreSQL and Ray Train's storage on s3://: its own local Ray instance, in a
+    subprocess with the stack's environment. A secret is planted as the password of the tracking URI (in
+    the config file) and of the study's database URL (an override on the command line); the test
+    PostgreSQL trusts 127.0.0.1 and the MLflow server has no auth, so both accept any password. Then the
+    whole MLflow store (its database, every object in the bucket), the study's database (user and system
+    attributes included) and the driver's output are searched: the secret is nowhere."""
+    import uuid
+
     stack = production_stack
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    tracking_uri = stack.tracking_uri.replace("http://", f"http://sslab:{secret}@")
+    storage = stack.optuna_storage.replace("postgresql://sslab@", f"postgresql://sslab:{secret}@")
+    assert secret in tracking_uri and secret in storage
+    config = yaml.safe_load(open(os.path.join(ROOT, "examples", "quickstart.yaml")))
+    config["tracking"] = {"uri": tracking_uri}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     sets = ["train.epochs=1", "model.width=4", "eval.linear_probe=false", "eval.random_init_baseline=false",
-            "eval.embedding_map_points=100", "eval.knn_k=20", "train.progress=false", "train.batch_size=256",
-            "name=stack-train", f"tracking.uri={stack.tracking_uri}", f"storage.path={stack.storage_path}",
-            f"data.uri={ROOT}/examples/data/cifar10_sample.parquet"]
+            "eval.embedding_map_points=100", "eval.knn_k=20", "train.progress=false", "search.n_trials=1",
+            "search.pruner=none", "search.max_concurrent_trials=1", "name=stack-sweep", f"search.storage={storage}",
+            f"storage.path={stack.storage_path}", f"data.uri={ROOT}/examples/data/cifar10_sample.parquet"]
     env = {**os.environ, **stack.env}
     env.pop("RAY_ADDRESS", None)
-    args = [os.path.join(BIN, "sslab"), "train", os.path.join(ROOT, "examples", "quickstart.yaml")]
+    args = [os.path.join(BIN, "sslab"), "sweep", "sweep.yaml"]
     for assignment in sets:
         args += ["--set", assignment]
-    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
     client = MlflowClient(stack.tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("stack-train").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["sslab.kind"] == "train"
-    assert "downstream/knn_top1" in run.data.metrics
-    assert run.inputs.dataset_inputs[0].dataset.digest == run.data.params["data_hash"][:36]
-    artifacts = s3_keys(stack, "mlflow/")
-    assert [k for k in artifacts if k.endswith(f"{run.info.run_id}/artifacts/encoder.pt")], artifacts
-    checkpoints = s3_keys(stack, "ray/")
-    assert [k for k in checkpoints if "checkpoint_" in k], checkpoints
+    runs = client.search_runs([client.get_experiment_by_name("stack-sweep").experiment_id])
+    [parent] = [r for r in runs if r.data.tags["sslab.kind"] == "sweep"]
+    [trial] = [r for r in runs if r.data.tags["sslab.kind"] == "trial"]
+    assert parent.info.status == trial.info.status == "FINISHED" and "downstream/knn_top1" in trial.data.metrics
+    assert trial.inputs.dataset_inputs[0].dataset.digest == trial.data.params["data_hash"][:36]
+    masked = storage.replace(f":{secret}@", ":***@")
+    assert parent.data.params["search.storage"] == masked
+    objects = bucket_objects(stack)
+    assert [k for k in objects if k.endswith(f"{trial.info.run_id}/artifacts/encoder.pt")], sorted(objects)
+    assert [k for k in objects if k.startswith("ray/") and "checkpoint_" in k], sorted(objects)
+    assert {"config.yaml", "resolved_config.yaml"} <= {k.rpartition("/")[2] for k in objects if trial.info.run_id in k}
     assert not os.path.exists(tmp_path / "sslab_runs")  # nothing went to the local default
+
+    # the secret is nowhere: the MLflow server's database (its params hold the masked URL: the search sees them),
+    # every object of the bucket, the study's database, the study's attributes, the driver's output
+    mlflow_rows = database_text(stack.postgres.url("mlflow"))
+    assert masked in mlflow_rows and secret not in mlflow_rows
+    assert not [key for key, body in objects.items() if secret.encode() in body]
+    study_rows = database_text(stack.optuna_storage)
+    assert "stack-sweep" in study_rows and "sslab.objective" in study_rows and secret not in study_rows
+    study = optuna.load_study(study_name="stack-sweep", storage=stack.optuna_storage)
+    attrs = [study.user_attrs] + [a for t in study.trials for a in (t.user_attrs, t.system_attrs)]
+    assert secret not in repr(attrs) and study.trials[0].state.name == "COMPLETE"
+    assert secret not in out.stdout + out.stderr and "sslab sweep: trial 0" in out.stdout

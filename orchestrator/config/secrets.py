@@ -34,7 +34,8 @@ URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"<>]*
 # KEY=VALUE and 'key': 'value' / "key": value (a dict's repr, JSON) in free text; the value quoted or bare.
 ASSIGNMENT = re.compile(r"(?P<quote>[\"']?)(?P<key>[A-Za-z_][\w.\-]*)(?P=quote)(?P<sep>\s*=\s*|(?<=[\"']):\s*)"
                         r"(?P<value>\$\{\w+\}|\"[^\"]*\"|'[^']*'|[^\s,;&'\"}\])]+)")
-BEARER = re.compile(r"\b(?P<kind>Bearer|Basic|Token)\s+(?P<value>[A-Za-z0-9._~+/=\-]{8,})")
+# an HTTP Authorization value; a credential has a digit or symbol in it ("Basic authentication" is prose)
+BEARER = re.compile(r"\b(?P<kind>Bearer|Basic)\s+(?P<value>(?=[A-Za-z]*[0-9._~+/=\-])[A-Za-z0-9._~+/=\-]{8,})")
 REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
 ESCAPED = "$${"  # a literal "${" in a value
 
