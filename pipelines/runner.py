@@ -9,6 +9,7 @@ import json
 import sys
 import time
 
+from orchestrator.config.secrets import redact_text
 from pipelines.lock import PipelineLock, PipelineLocked
 from pipelines.plan import make_plan
 
@@ -22,7 +23,7 @@ EXIT_STATUSES = f"""exit status:
 
 
 def say(message: str) -> None:
-    print(f"sslab pipeline: {message}", file=sys.stderr, flush=True)
+    print(f"sslab pipeline: {redact_text(message)}", file=sys.stderr, flush=True)  # errors may quote a URL
 
 
 def run_pipeline(path: str, overrides: list[str] = (), run_key: str | None = None) -> int:
