@@ -1,4 +1,5 @@
 """Read a YAML config, apply --set overrides, validate, and name key path + file position on error."""
+import difflib
 import os
 from typing import Any
 
@@ -38,7 +39,11 @@ def apply_override(raw: dict, assignment: str) -> None:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
             raise ConfigError(f"--set {assignment!r}: '{part}' is not a section")
-    target[leaf] = yaml.safe_load(value)
+    try:
+        target[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({getattr(error, 'problem', error)}); "
+                          "quote strings, write lists as [a, b]") from None
 
 
 def read_yaml(path: str, what: str = "config") -> tuple[dict, dict[tuple, tuple[int, int]]]:
@@ -51,10 +56,36 @@ def read_yaml(path: str, what: str = "config") -> tuple[dict, dict[tuple, tuple[
         node = yaml.compose(text)
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        what_went_wrong = " ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+        raise ConfigError(f"{where}: not valid YAML: {what_went_wrong or error}") from None
+    if node is None:
+        raise ConfigError(f"{path}: the {what} file is empty (or only comments); expected a mapping of sections "
+                          "(name, data, train, ...)")
+    duplicate = _duplicate_key(node)
+    if duplicate:
+        raise ConfigError(f"{path}:{duplicate[1]}: {duplicate[0]}: the key appears twice in its mapping; keep one")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, train, ...)")
     return raw, (_positions(node) if node is not None else {})
+
+
+def _duplicate_key(node: yaml.Node, path: str = "") -> tuple[str, str] | None:
+    """The first key given twice in one mapping (YAML would keep the last silently): (key path, line:col)."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            name = f"{path}.{key.value}" if path else str(key.value)
+            if key.value in seen:
+                return name, f"{key.start_mark.line + 1}:{key.start_mark.column + 1}"
+            seen.add(key.value)
+            found = _duplicate_key(value, name)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        return next(filter(None, (_duplicate_key(item, f"{path}.{i}") for i, item in enumerate(node.value))), None)
+    return None
 
 
 def load_config(path: str, overrides: list[str] = ()) -> SSLabConfig:
@@ -101,12 +132,17 @@ def format_errors(path: str, error: ValidationError, positions: dict, overrides:
             message = "unknown key; valid keys here: " + ", ".join(_valid_keys(loc[:-1], kind, schema))
             if kind:
                 message = f"unknown key for workload kind {kind!r}; valid keys: " + ", ".join(_valid_keys(loc[:-1], kind))
+            close = difflib.get_close_matches(str(loc[-1]), _valid_keys(loc[:-1], kind, schema), n=1, cutoff=0.6)
+            if close:
+                message = message.replace("unknown key", f"unknown key (did you mean {close[0]!r}?)", 1)
         lines.append(f"  {place}: {key}: {message}{got}")
     return redact_text("\n".join(lines))  # a validator's message may quote the value: never its password
 
 
 def _overridden(key: str, overrides: list[str]) -> bool:
-    return any(o.partition("=")[0].strip() == key for o in overrides)
+    """The key was set by an override, or lies inside or above one (--set trian.epochs=3 is the key trian)."""
+    return any(k == key or k.startswith(key + ".") or key.startswith(k + ".")
+               for k in (o.partition("=")[0].strip() for o in overrides))
 
 
 def _valid_keys(loc: tuple, kind: str | None = None, schema: Any = SSLabConfig) -> list[str]:
@@ -117,6 +153,7 @@ def _valid_keys(loc: tuple, kind: str | None = None, schema: Any = SSLabConfig) 
             return []
         # the workload block is a union: its keys are those of its kind
         model = WORKLOADS[kind or "contrastive"] if model is SSLabConfig and part == "workload" else field.annotation
+        model = next((a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model)  # X | None
     return sorted(model.model_fields) if hasattr(model, "model_fields") else []
 
 
@@ -136,3 +173,9 @@ def check_files(path: str, config: SSLabConfig) -> None:
             raise ConfigError(f"{path}: {error}") from None
     if "://" not in uri and not os.path.exists(uri):
         raise ConfigError(f"{path}: data.uri: no such file or directory: {uri!r} (paths are relative to the working directory)")
+    from orchestrator.config.data_check import ConfigProblem, check_data
+
+    try:
+        check_data(path, config)  # schemes, columns, labels, splits and batch, from the labels alone
+    except ConfigProblem as problem:
+        raise ConfigError(str(problem)) from None

@@ -2,7 +2,7 @@
 cross-section rules, before anything runs."""
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from orchestrator.config.sections import CropScale, Section
 from orchestrator.config.video_workload import VIDEO_KINDS, check_clip_frames
@@ -130,14 +130,37 @@ class EvalConfig(Section):
     max_clips: int = Field(32, ge=1, description="video: clips per split scored by label propagation")
 
 
+# MLflow's tracking stores (its database dialects with or without a driver, e.g. postgresql+psycopg)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow's filesystems, as Ray Train reads them
+
+
+def _scheme(value: str, valid: tuple[str, ...], examples: str) -> str:
+    scheme = value.partition("://")[0].partition("+")[0].lower() if "://" in value else None
+    if scheme is not None and scheme not in valid:
+        raise ValueError(f"unsupported scheme {scheme!r}; valid: {examples}")
+    return value
+
+
 class TrackingConfig(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: sqlite:///file.db, http(s)://server, ...")
     experiment: str | None = Field(None, description="defaults to the config's name")
     artifact_location: str | None = Field(None, description="for a new experiment: a local folder or s3://bucket/prefix")
 
+    @field_validator("uri")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        return _scheme(value, TRACKING_SCHEMES, "sqlite:///FILE.db, http(s)://SERVER:PORT, postgresql://USER@HOST/DB, "
+                       "mysql://..., file:///FOLDER, or a local folder")
+
 
 class StorageConfig(Section):
     path: str = Field("sslab_runs", description="Ray Train storage: local folder, shared folder or s3://bucket/prefix")
+
+    @field_validator("path")
+    @classmethod
+    def _known_filesystem(cls, value: str) -> str:
+        return _scheme(value, STORAGE_SCHEMES, "a local or shared folder, s3://BUCKET/PREFIX (or gs://, hdfs://, abfs://)")
 
 
 class RunConfig(Section):

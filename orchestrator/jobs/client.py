@@ -53,6 +53,9 @@ def connect(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     address = address_of(address)
+    if "://" in address and address.partition("://")[0] not in ("http", "https", "ray"):
+        raise JobError(f"{address}: unsupported scheme {address.partition('://')[0]!r}; give the cluster's dashboard "
+                       "as --address http://HEAD:8265 (or https://) or RAY_ADDRESS")
     with job_errors(address), without_env("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         # Ray lets these variables override the address it is given: the address asked for wins here.
         return JobSubmissionClient(address)

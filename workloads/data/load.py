@@ -59,30 +59,38 @@ def load_images(
 
 
 def select_split(dataset: ImageDataset, fragment: str) -> ImageDataset:
+    return dataset.subset(split_indices(dataset.labels, dataset.classes, dataset.source, fragment))
+
+
+def split_indices(labels: torch.Tensor, classes: list[str] | None, source: str, fragment: str) -> torch.Tensor:
+    """The rows a #split=... fragment selects (see the module docstring)."""
     query = {key: values[-1] for key, values in parse_qs(fragment).items()}
     unknown = set(query) - {"split", "val_fraction", "test_fraction", "seed"}
     if unknown or query.get("split") not in ("train", "val", "test"):
-        raise DataError(f"{dataset.source}#{fragment}: bad split selector; expected "
+        raise DataError(f"{source}#{fragment}: bad split selector; expected "
                         "#split=train|val|test&val_fraction=F&test_fraction=T&seed=S")
     try:
         val_fraction, test_fraction = float(query.get("val_fraction", 0.1)), float(query.get("test_fraction", 0.0))
         seed = int(query.get("seed", 0))
     except ValueError:
-        raise DataError(f"{dataset.source}#{fragment}: val_fraction and test_fraction must be numbers, seed an integer") from None
+        raise DataError(f"{source}#{fragment}: val_fraction and test_fraction must be numbers, seed an integer") from None
     if query["split"] == "test" and test_fraction == 0:
-        raise DataError(f"{dataset.source}#{fragment}: split=test needs test_fraction above 0")
-    parts = split_three_ways(dataset.labels, val_fraction, test_fraction, seed, dataset.classes)
-    return dataset.subset(parts[("train", "val", "test").index(query["split"])])
+        raise DataError(f"{source}#{fragment}: split=test needs test_fraction above 0")
+    parts = split_three_ways(labels, val_fraction, test_fraction, seed, classes)
+    return parts[("train", "val", "test").index(query["split"])]
 
 
-def load_labels(uri: str, format: str = "auto", label_column: str = "label",
-                s3_endpoint_url: str | None = None) -> tuple[torch.Tensor, list[str] | None] | None:
+def load_labels(uri: str, format: str = "auto", label_column: str = "label", s3_endpoint_url: str | None = None,
+                image_column: str | None = None) -> tuple[torch.Tensor, list[str] | None] | None:
     """The labels (and class names where known) of a data set without decoding its images: a Parquet
-    file's label column, an image folder's listing. None where that is not cheap (cifar10://)."""
-    base = uri.partition("#")[0]
+    file's label column, an image folder's listing; the rows its #split=... fragment selects. None where
+    that is not cheap (cifar10://). image_column: also check that a Parquet file has it."""
+    base, _, fragment = uri.partition("#")
     kind = detect_format(base) if format == "auto" else format
     if kind == "parquet":
-        return load_parquet_labels(base, label_column, s3_endpoint_url)
-    if kind == "folder":
-        return load_folder_labels(base)
-    return None
+        labels, classes = load_parquet_labels(base, label_column, s3_endpoint_url, image_column)
+    elif kind == "folder":
+        labels, classes = load_folder_labels(base)
+    else:
+        return None
+    return (labels[split_indices(labels, classes, base, fragment)] if fragment else labels), classes
