@@ -1,5 +1,8 @@
 """A lease row in a SQL database (PostgreSQL, MySQL, SQLite): one holder of a name across hosts.
 
+Its users: the pipeline lock (pipelines/lock.py) and the sweep driver's lease on its study
+(orchestrator/sweep/driver_lock.py).
+
 The holder renews its lease from a thread every third of its length; a holder that dies stops
 renewing, and its row is taken over once it has expired. A holder on this host whose process is gone
 is taken over at once (its pid proves it). Expiry is judged by the clocks of the hosts, which must
@@ -70,7 +73,9 @@ class Lease:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._engine = sa.create_engine(url, pool_pre_ping=True)
+        # SQLite: wait for another writer's lock (a study's actor shares the file) rather than fail at once
+        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        self._engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
     def acquire(self) -> "Lease":
         """Take the lease or raise LeaseHeld; then renew it until release()."""
@@ -96,6 +101,13 @@ class Lease:
         self._thread = threading.Thread(target=self._renew_until_released, name=f"lease {self.name}", daemon=True)
         self._thread.start()
         return self
+
+    def peek(self) -> tuple[dict, float] | None:
+        """The current holder and the seconds its lease runs (negative: expired), or None when there is
+        none (no row, or no table yet). Reads only: takes nothing, creates nothing."""
+        with self._engine.connect() as db:
+            row = db.execute(sa.select(TABLE).where(TABLE.c.name == self.name)).first()
+        return (json.loads(row.holder), row.expires_at - time.time()) if row else None
 
     def _held(self):
         with self._engine.connect() as db:

@@ -36,7 +36,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrator.config.loader import ConfigError, load_config
     from orchestrator.jobs.submit import submission_address
-    from orchestrator.sweep.driver import run_sweep
 
     config = load_config(args.config, args.set)
     if config.search is None:
@@ -44,6 +43,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     address = submission_address(args.address)
     if address is not None:
         return submit(address, args, config)
+    from orchestrator.sweep.driver_lock import refuse_if_busy
+
+    refuse_if_busy(config)  # a running driver of this study: refused now, not after the driver's slow imports
+    from orchestrator.sweep.driver import run_sweep
+
     result = run_sweep(config)
     summary = {"parent_run_id": result.parent_run_id, "study": result.study_name, "trials": result.counts}
     if result.best:

@@ -5,6 +5,13 @@ its storage, in the namespace "sslab"; the GCS registers a name atomically, so o
 one study (the same sweep submitted twice) the second fails to create it, before it has opened the
 study or MLflow. The actor is not detached: it dies with the driver that owns it (stopped, killed,
 or its node lost), and the name is free again for the next run, which resumes the study.
+
+This guard sees one Ray cluster. Two local drivers start a Ray instance each, and drivers on other
+clusters may share the study's database: the driver's lease on the study (sweep/driver_lock.py),
+taken before this actor, refuses those. Both apply.
+
+The driver calls the actor through call(), which bounds every wait: an actor that does not answer
+in CALL_TIMEOUT_S (hung, or its node lost) is an error that says so, not a driver blocked forever.
 """
 import hashlib
 import time
@@ -14,10 +21,30 @@ from orchestrator.config.schema import SSLabConfig
 
 NAMESPACE = "sslab"
 RELEASE_WAIT_S = 10  # a driver that just died: the GCS frees its actor's name within about a second
+# The longest any call waits for the actor. Its slowest call opens the study (the first one, while the
+# actor starts) or writes it under another writer's lock (SQLite's busy timeout is 60 s, study.py).
+CALL_TIMEOUT_S = 180
 
 
 class StudyBusyError(RuntimeError):
     """Another driver runs this study."""
+
+
+class CoordinatorTimeout(RuntimeError):
+    """The study's coordinator did not answer in time."""
+
+
+def call(coordinator, method: str, *args, timeout: float = CALL_TIMEOUT_S):
+    """coordinator.method(*args), waited for at most `timeout` seconds."""
+    import ray
+
+    try:
+        return ray.get(getattr(coordinator, method).remote(*args), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        raise CoordinatorTimeout(
+            f"the study's coordinator actor did not answer {method}() within {timeout:.0f} s: it is hung (e.g. "
+            f"on a locked study database) or its node is lost; the driver stops. Its log is in Ray's session "
+            f"logs (worker-*.err of the StudyCoordinator actor)") from None
 
 
 def study_key(study_name: str, storage: str) -> str:

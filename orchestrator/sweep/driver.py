@@ -20,6 +20,20 @@ epoch and data whose classes cannot fill the three splits.
 A driver that stops on an error, or is stopped (Ctrl-C; SIGTERM, e.g. `ray job stop`, which Ray's
 handler turns into SystemExit), leaves its parent run FAILED (tag sslab.error) or KILLED, the trials
 it was running FAILED or KILLED in MLflow and FAIL in the study, queued for the next run.
+
+One driver per study: before it starts Ray or opens the study or MLflow, the driver takes a lease on
+the study in the study's own database (driver_lock.py); a second driver of the study, on this machine
+or any machine sharing that database, is refused at once (StudyBusyError, naming the first: host,
+pid, since when); a dead driver's lease is taken over. On a cluster, the coordinator's named actor
+refuses a second driver too. A driver that loses its lease stops its trials and leaves the rest alone.
+
+Time bounds. A trial running longer than `search.trial_timeout_minutes` is stopped (its task
+cancelled, which ends its Ray Train run): its MLflow run FAILED "timed out after N min", FAIL in the
+study, and the sweep goes on. `search.timeout_minutes` bounds this run of the driver, from its start:
+at the deadline no trial starts any more, the running ones are stopped, KILLED in MLflow with the
+budget as the reason, FAIL in the study and queued for the next run, and the parent run ends FINISHED
+with the best trial so far. The driver never waits without a bound: for trials, at most until the
+nearest deadline or POLL_S; for the coordinator, at most CALL_TIMEOUT_S (coordinator.call).
 """
 import time
 from dataclasses import dataclass, field
@@ -33,13 +47,16 @@ from orchestrator.config.search_checks import apply_params
 from orchestrator.config.secrets import redact_text
 from orchestrator.ray_runtime import ensure_ray
 from orchestrator.services import check_services
-from orchestrator.sweep.coordinator import start_coordinator
+from orchestrator.sweep.coordinator import call, start_coordinator
+from orchestrator.sweep.driver_lock import DriverLock
 from orchestrator.sweep.record import SweepRecord
 from orchestrator.training.run import run_training
 from orchestrator.config.video_workload import VIDEO_KINDS
 from orchestrator.training.trial_eval import check_pruning_objective, check_splits
 
 DONE = ("COMPLETE", "PRUNED")
+POLL_S = 5.0  # the longest the driver waits for trials without looking at its lease and deadlines
+CANCEL_WAIT_S = 30  # how long a cancelled trial is waited for (its process ends within a second or two)
 
 
 @dataclass
@@ -53,29 +70,38 @@ class SweepResult:
 
 
 def run_sweep(config: SSLabConfig) -> SweepResult:
+    started = time.time()  # search.timeout_minutes counts from here
     config = with_absolute_paths(config)
     search = config.search
     study_name = search.study_name or config.name
     preflight(config)
-    ensure_ray(worker_logs=False)  # the driver prints one line per trial
-    coordinator = start_coordinator(config, study_name)  # named: a second driver of this study stops here
-    try:
-        record = SweepRecord(config, study_name)
-    except BaseException:
+    # a second driver of this study, on this machine or one sharing its database, stops here, at once
+    with DriverLock(study_name, search.storage) as lock:
+        if lock.took_over():
+            print(f"sslab sweep: {lock.took_over()}", flush=True)
+        ensure_ray(worker_logs=False)  # the driver prints one line per trial
+        coordinator = start_coordinator(config, study_name)  # named: a second driver on this cluster stops here
+        try:
+            record = SweepRecord(config, study_name)
+        except BaseException:
+            ray.kill(coordinator)
+            raise
+        deadline = started + search.timeout_s if search.timeout_s else None
+        try:
+            settle(coordinator, record, "the sweep driver stopped while this trial ran")  # resume
+            drive(config, coordinator, record, deadline, lock)
+            best = call(coordinator, "best")
+            best_test = record.finish(best, call(coordinator, "table"), coordinator)
+            result = SweepResult(record.parent_run_id, study_name, best, call(coordinator, "counts"),
+                                 config.tracking.uri, best_test)
+        except BaseException as error:
+            if lock.lost.is_set():  # another driver runs the study now: its record is not ours to settle
+                ray.kill(coordinator)
+                raise lock.lost_error() from error
+            stop(error, coordinator, record)
+            raise
         ray.kill(coordinator)
-        raise
-    try:
-        settle(coordinator, record, "the sweep driver stopped while this trial ran")  # resume
-        drive(config, coordinator, record)
-        best = ray.get(coordinator.best.remote())
-        best_test = record.finish(best, ray.get(coordinator.table.remote()), coordinator)
-        result = SweepResult(record.parent_run_id, study_name, best, ray.get(coordinator.counts.remote()),
-                             config.tracking.uri, best_test)
-    except BaseException as error:
-        stop(error, coordinator, record)
-        raise
-    ray.kill(coordinator)
-    return result
+        return result
 
 
 def preflight(config: SSLabConfig) -> None:
@@ -98,43 +124,104 @@ def settle(coordinator, record: SweepRecord, reason: str, status: str = "FAILED"
     FAIL in the study and queued to run again, and their runs still RUNNING in MLflow get `status` with
     the reason as tag sslab.error. The study is settled first: a driver killed in between leaves
     the runs RUNNING, and the next run settles them the same way."""
-    started = ray.get(coordinator.interrupted.remote(), timeout=120)
+    started = call(coordinator, "interrupted")
     outcomes = record.outcomes(started, record.config.search.objective) if started else {}
-    ray.get(coordinator.recover.remote(outcomes), timeout=120)
+    call(coordinator, "recover", outcomes)
     record.fail_stale_trials(reason, status=status)
 
 
-def drive(config: SSLabConfig, coordinator, record: SweepRecord) -> None:
-    """Ask, run and tell until n_trials COMPLETE/PRUNED trials (in total) or the time budget.
+def drive(config: SSLabConfig, coordinator, record: SweepRecord, deadline: float | None = None,
+          lock: DriverLock | None = None) -> None:
+    """Ask, run and tell until n_trials COMPLETE/PRUNED trials (in total), the grid is exhausted or the
+    time budget (`deadline`, epoch seconds) is spent.
 
     A failed trial does not stop the sweep; but after as many failures in this run as n_trials, the
-    driver stops asking (a config that always fails would otherwise loop forever). If the driver
-    stops (an error, Ctrl-C, SIGTERM), the trials it runs are cancelled before it goes."""
+    driver stops asking (a config that always fails would otherwise loop forever). A trial past
+    search.trial_timeout_minutes is stopped and told FAIL; at the deadline the running trials are
+    stopped and settled (KILLED, queued for the next run). If the driver stops (an error, Ctrl-C,
+    SIGTERM, its lease lost), the trials it runs are cancelled before it goes."""
     search = config.search
-    deadline = time.time() + search.timeout_minutes * 60 if search.timeout_minutes else None
     base = config.model_dump(mode="json")
     pruning = {"coordinator": coordinator, "objective": search.objective} if search.pruner != "none" else None
+    limit = search.trial_timeout_minutes * 60 if search.trial_timeout_minutes else None
     running: dict[ray.ObjectRef, int] = {}
+    started: dict[ray.ObjectRef, float] = {}  # when the driver started each trial
+    asked: dict[ray.ObjectRef, dict] = {}  # each trial's parameters
     failures = 0
+
+    def told(ref: ray.ObjectRef, state: str | None = None, note: str = "") -> None:
+        """Tell the study how the trial of `ref` ended (as its result says, unless `state` is given)."""
+        nonlocal failures
+        number, value = running.pop(ref), None
+        started.pop(ref, None)
+        asked.pop(ref, None)
+        if state is None:
+            value, state = outcome(ref, number, record, search.objective)
+        failures += state == "FAIL"
+        call(coordinator, "tell", number, value, state)
+        score = f" {search.objective} = {value:.4f}" if value is not None else ""
+        done = sum(call(coordinator, "counts").get(s, 0) for s in DONE)
+        print(f"sslab sweep: trial {number} {state}{score}{note} ({done} of {search.n_trials or 'unbounded'} "
+              f"trials done)", flush=True)
+
+    def time_out(ref: ray.ObjectRef) -> None:
+        """Stop a trial past its time: FAILED 'timed out after N min' (unless it ended just now)."""
+        if not ray.wait([ref], timeout=0)[0]:
+            try:
+                ray.cancel(ref, force=True)  # ends its process, and with it the Ray Train run it owns
+            except Exception:  # noqa: BLE001 - it ended meanwhile: ray.get below tells
+                pass
+            ray.wait([ref], timeout=CANCEL_WAIT_S)
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # cancelled: the run it leaves RUNNING is FAILED here, with the reason
+                reason = f"timed out after {search.trial_timeout_minutes:g} min (search.trial_timeout_minutes)"
+                record.fail_stopped_trial(running[ref], asked[ref], reason, started[ref])
+                return told(ref, "FAIL", f": {reason}")
+        told(ref)
+
+    def out_of_time() -> None:
+        """The time budget is spent: the running trials stopped, KILLED, FAIL and queued (settle)."""
+        for ref in ray.wait(list(running), num_returns=len(running), timeout=0)[0]:
+            told(ref)  # ended in time
+        if not running:
+            return
+        numbers = sorted(running.values())
+        cancel(running)
+        running.clear()
+        started.clear()
+        asked.clear()
+        settle(coordinator, record, f"the sweep's time budget (search.timeout_minutes = {search.timeout_minutes:g}) "
+                                    f"ran out while this trial ran: stopped, queued for the next run", status="KILLED")
+        print(f"sslab sweep: the time budget (search.timeout_minutes = {search.timeout_minutes:g}) is spent: "
+              f"trials {numbers} stopped (KILLED), queued for the next run", flush=True)
+
     try:
         while True:
-            counts = ray.get(coordinator.counts.remote())
-            done = sum(counts.get(state, 0) for state in DONE)
+            if lock is not None and lock.lost.is_set():
+                raise lock.lost_error()
+            if deadline is not None and time.time() >= deadline and running:
+                out_of_time()
+            if limit is not None:
+                for ref in [ref for ref, start in started.items() if time.time() - start >= limit]:
+                    time_out(ref)
+            done = sum(call(coordinator, "counts").get(state, 0) for state in DONE)
             budget_left = (search.n_trials is None or done + len(running) < search.n_trials) and (
                 deadline is None or time.time() < deadline) and (search.n_trials is None or failures < search.n_trials)
-            if budget_left and ray.get(coordinator.exhausted.remote()):
+            if budget_left and call(coordinator, "exhausted"):
                 budget_left = False  # a grid with every point run or running: wait for those, ask no more
                 if not running:
                     print("sslab sweep: the grid is exhausted: every parameter set has run", flush=True)
             if budget_left and len(running) < search.max_concurrent_trials:
-                number, params = ray.get(coordinator.ask.remote())  # a retry queued by settle() comes first
+                number, params = call(coordinator, "ask")  # a retry queued by settle() comes first
                 trial_config = trial_settings(base, params, number, record)
                 if trial_config is None:  # parameters the config refuses: a failed trial, not a failed sweep
                     failures += 1
-                    ray.get(coordinator.tell.remote(number, None, "FAIL"))
+                    call(coordinator, "tell", number, None, "FAIL")
                     continue
-                running[train_trial.options(name=f"trial-{number}").remote(
-                    trial_config, number, record.trial_tags(number), pruning and {**pruning, "trial": number})] = number
+                ref = train_trial.options(name=f"trial-{number}").remote(
+                    trial_config, number, record.trial_tags(number), pruning and {**pruning, "trial": number})
+                running[ref], started[ref], asked[ref] = number, time.time(), params
                 print(f"sslab sweep: trial {number} started: {short(params)}", flush=True)
                 continue
             if not running:
@@ -142,18 +229,22 @@ def drive(config: SSLabConfig, coordinator, record: SweepRecord) -> None:
                     print(f"sslab sweep: stopped asking for trials after {failures} failed trials "
                           f"(see the sslab.error tags of their MLflow runs)", flush=True)
                 return
-            finished, _ = ray.wait(list(running), num_returns=1)
+            # wait for a trial to end, but no longer than the nearest deadline or POLL_S (the lease)
+            now = time.time()
+            bounds = [POLL_S] + ([deadline - now] if deadline is not None else []) + \
+                ([start + limit - now for start in started.values()] if limit is not None else [])
+            finished, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, min(bounds)))
             for ref in finished:
-                number = running.pop(ref)
-                value, state = outcome(ref, number, record, search.objective)
-                failures += state == "FAIL"
-                ray.get(coordinator.tell.remote(number, value, state))
-                score = f" {search.objective} = {value:.4f}" if value is not None else ""
-                counts = ray.get(coordinator.counts.remote())
-                print(f"sslab sweep: trial {number} {state}{score} ({sum(counts.get(s, 0) for s in DONE)} of "
-                      f"{search.n_trials or 'unbounded'} trials done)", flush=True)
+                told(ref)
     except BaseException:
+        numbers = list(running.values())
         cancel(running)
+        if lock is not None and lock.lost.is_set():  # no settle (the study is another driver's): its own runs only
+            for number in numbers:
+                try:
+                    record.fail_trial_runs(number, "the sweep driver lost its lease on the study while this trial ran")
+                except Exception:  # noqa: BLE001 - the next driver's settle() fails it anyway
+                    pass
         raise
 
 
@@ -209,7 +300,7 @@ def cancel(running: dict) -> None:
         except Exception:
             pass
     try:
-        ray.wait(list(running), num_returns=len(running), timeout=30)
+        ray.wait(list(running), num_returns=len(running), timeout=CANCEL_WAIT_S)
     except Exception:
         pass
 
