@@ -138,7 +138,7 @@ def test_a_tracking_server_killed_mid_run_fails_the_run_in_bounded_time_and_keep
     work.mkdir()
     command = MarkedCommand(work)
     try:
-        wait_http(f"{url}/health", server)
+        wait_http(f"{url}/health", server, seconds=300)  # a loaded machine starts it slowly
         sets = TINY + ["train.epochs=30", "name=midrun", f"tracking.uri={url}", f"storage.path={work}/runs"]
         train = command.run([os.path.join(BIN, "sslab"), "train", f"{ROOT}/examples/quickstart.yaml",
                              *[arg for s in sets for arg in ("--set", s)]], "train.log")

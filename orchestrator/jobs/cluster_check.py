@@ -6,6 +6,11 @@ Optuna default sqlite:///optuna.db, storage.path sslab_runs) would land in that 
 node, and be lost. So these are refused, before anything is uploaded; absolute local paths pass with
 a note (they work only on a filesystem that every node mounts at that path). Relative data paths are
 fine: the data travels with the working directory.
+
+Whether the services answer is not probed here but where it matters, on the cluster: the job's sweep
+driver probes them first (orchestrator/services.py, from its preflight) and fails at once naming the
+setting. From the submitting machine they may be out of reach by design (a database or S3 endpoint
+on the cluster's private network), so a probe here would refuse sweeps that work.
 """
 import os
 import re
