@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.config.loader import ConfigError
     from orchestrator.sweep.coordinator import StudyBusyError
     from orchestrator.jobs.client import JobError
-    from workloads.errors import DataError
+    from workloads.errors import DataError, NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"sslab {args.command}: error: {redact_text(str(error))}", file=sys.stderr)  # never a password
         return 2
+    except NonFiniteLossError as error:  # a failed run, not bad input: exit 1, the message without a traceback
+        run = f" (MLflow run {error.run_id}: FAILED)" if error.run_id else ""
+        print(f"sslab {args.command}: the run failed: {error}{run}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

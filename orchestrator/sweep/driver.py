@@ -273,10 +273,20 @@ def short(params: dict) -> str:
 
 
 def outcome(ref: ray.ObjectRef, number: int, record: SweepRecord, objective: str) -> tuple[float | None, str]:
-    """A trial's (objective value, Optuna state). A failed trial does not stop the sweep."""
+    """A trial's (objective value, Optuna state). A failed trial does not stop the sweep; one whose loss or
+    gradient norm became nan/inf is FAIL, or PRUNED with search.prune_non_finite (its run KILLED, tagged
+    sslab.pruned=true, its sslab.error kept)."""
     try:
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as error:  # run_training raised: its MLflow run is FAILED with the error
+        from workloads.errors import NonFiniteLossError
+
+        if isinstance(error.cause, NonFiniteLossError):  # a nan/inf step: FAIL, or PRUNED (search.prune_non_finite)
+            prune = record.config.search.prune_non_finite
+            if prune and error.cause.run_id:
+                record.tracker.prune(error.cause.run_id)  # FAILED -> KILLED, sslab.pruned=true; sslab.error stays
+            print(f"sslab sweep: trial {number} {'pruned' if prune else 'failed'}: {error.cause}", flush=True)
+            return None, "PRUNED" if prune else "FAIL"
         cause = error.as_instanceof_cause()
         print(redact_text(f"sslab sweep: trial {number} failed: {str(cause).strip().splitlines()[-1][:500]}"), flush=True)
         return None, "FAIL"

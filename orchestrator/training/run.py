@@ -12,7 +12,9 @@ from orchestrator.ray_runtime import ensure_ray
 from orchestrator.services import check_services
 from orchestrator.tracking.mlflow_callback import MlflowReportCallback
 from orchestrator.tracking.record import Tracker
+from orchestrator.training.non_finite import non_finite_error, readable_error
 from orchestrator.training.worker import train_worker
+from workloads.errors import NonFiniteLossError
 
 
 @dataclass
@@ -48,6 +50,10 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
                  pruning: dict | None = None) -> TrainResult:
     """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error.
 
+    A nan/inf loss or gradient norm: the run FAILED with the guard's message as sslab.error, and
+    NonFiniteLossError raised (its run_id set). A worker's DataError is raised as itself, not as Ray
+    Train's WorkerGroupError.
+
     pruning: {"coordinator": StudyCoordinator handle, "trial": number, "objective": metric} for a
     sweep's trial; a pruned run ends KILLED with tag sslab.pruned=true.
     """
@@ -74,9 +80,19 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
             ),
         )
         result = trainer.fit()
+        non_finite = non_finite_error(result.metrics or {})  # the workers stopped at a nan/inf step
+        if non_finite is not None:
+            raise non_finite
     except BaseException as error:
-        tracker.fail(run_id, error)
-        raise
+        readable = readable_error(error)
+        if readable is not error:
+            readable.__cause__ = error  # error.txt keeps the workers' tracebacks
+        if isinstance(readable, NonFiniteLossError):
+            readable.run_id = run_id  # for the CLI's message and the sweep (a pruned trial's run)
+        tracker.fail(run_id, readable)
+        if readable is error:
+            raise
+        raise readable from error
     finally:
         if bank is not None:
             bank.close()

@@ -12,10 +12,13 @@ import yaml
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.secrets import redact
 from orchestrator.training.learners import backbone_kwargs, batchnorm_for_workers, unwrap
+from orchestrator.training.non_finite import report_non_finite
 from orchestrator.training.state import latest_state, report_epoch
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
 from orchestrator.training.video_eval import load_video_splits, random_init_scores, scores, task_metrics
 from workloads.checkpoint import save_encoder
+from workloads.errors import NonFiniteLossError
+from workloads.training.finite import FiniteGuard
 from workloads.training.loop import epoch_shard, warmup_cosine
 from workloads.video.loop import video_train_epoch
 from workloads.video.tasks.registry import build_video_task
@@ -60,11 +63,18 @@ def video_train_worker(loop_config: dict) -> None:
     task = ray.train.torch.prepare_model(task)
     per_worker_batch = config.train.batch_size // world
     progress = progress_bar(config, rank, steps_per_epoch, first_epoch)
+    guard = FiniteGuard()  # a nan/inf loss or gradient norm stops the run at that step
     for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world, config.train.batch_size)
         tick = step_hook(progress, config.train.log_step_loss_every, epoch * steps_per_epoch, step_losses := [])
-        stats, measured = video_train_epoch(task, optimizer, scheduler, train.clips, indices, per_worker_batch, device,
-                                            config.train.precision, on_step=tick)
+        guard.epoch = epoch
+        try:
+            stats, measured = video_train_epoch(task, optimizer, scheduler, train.clips, indices, per_worker_batch, device,
+                                                config.train.precision, on_step=tick, guard=guard)
+        except NonFiniteLossError as error:  # every rank, at the same step: the run fails with the message
+            if progress:
+                progress.close()
+            return report_non_finite(error, epoch, world, step_losses)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/clips_per_s": stats.images_per_s,
                    **{f"pretext/{name}": value for name, value in measured.items()}}
         if step_losses:

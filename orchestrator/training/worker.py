@@ -15,6 +15,7 @@ from orchestrator.training.learners import (
     task_figure,
     unwrap,
 )
+from orchestrator.training.non_finite import report_non_finite
 from orchestrator.training.state import latest_state, report_epoch
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
 from orchestrator.training.trial_eval import (
@@ -25,7 +26,9 @@ from orchestrator.training.trial_eval import (
     should_prune,
     val_metrics,
 )
+from workloads.errors import NonFiniteLossError
 from workloads.pretext.registry import encoder_spec
+from workloads.training.finite import FiniteGuard
 from workloads.training.bank_loop import train_epoch_with_bank
 from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
 from workloads.training.pretext_loop import pretext_train_epoch
@@ -84,21 +87,29 @@ def train_worker(loop_config: dict) -> None:
     augment = make_augment(config, splits.normalization).to(device)
 
     progress = progress_bar(config, rank, steps_per_epoch, first_epoch)
+    guard = FiniteGuard()  # a nan/inf loss or gradient norm stops the run at that step
     for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world, config.train.batch_size)
         step_losses: list[list[float]] = []
         tick = step_hook(progress, config.train.log_step_loss_every, epoch * steps_per_epoch, step_losses)
-        task_metrics = {}
-        if pretext:
-            stats, task_metrics = pretext_train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device),
-                                                      per_worker_batch, device, config.train.precision, on_step=tick)
-        elif objective is None:
-            stats = train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device), augment,
-                                per_worker_batch, device, config.train.precision, on_step=tick, channels_last=channels_last)
-        else:
-            stats = train_epoch_with_bank(learner, key_encoder, objective, optimizer, scheduler, train.images, indices,
-                                          augment, per_worker_batch, device, epoch * steps_per_epoch, rank,
-                                          config.train.precision, on_step=tick)
+        task_metrics, guard.epoch = {}, epoch
+        try:
+            if pretext:
+                stats, task_metrics = pretext_train_epoch(learner, optimizer, scheduler, train.images,
+                                                          indices.to(train.images.device), per_worker_batch, device,
+                                                          config.train.precision, on_step=tick, guard=guard)
+            elif objective is None:
+                stats = train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device), augment,
+                                    per_worker_batch, device, config.train.precision, on_step=tick,
+                                    channels_last=channels_last, guard=guard)
+            else:
+                stats = train_epoch_with_bank(learner, key_encoder, objective, optimizer, scheduler, train.images, indices,
+                                              augment, per_worker_batch, device, epoch * steps_per_epoch, rank,
+                                              config.train.precision, on_step=tick, guard=guard)
+        except NonFiniteLossError as error:  # every rank, at the same step: the run fails with the message
+            if progress:
+                progress.close()
+            return report_non_finite(error, epoch, world, step_losses)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s,
                    **{f"pretext/{name}": value for name, value in task_metrics.items()}}
         if step_losses:

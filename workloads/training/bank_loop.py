@@ -12,6 +12,7 @@ from torch import nn
 from workloads.distributed import unwrap
 from workloads.methods.bank_objective import BankObjective
 from workloads.methods.momentum_contrast import MomentumKeyEncoder
+from workloads.training.finite import FiniteGuard
 from workloads.training.loop import EpochStats, autocast_for, full_batches
 
 
@@ -30,8 +31,11 @@ def train_epoch_with_bank(
     rank: int = 0,
     precision: str = "auto",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    guard: FiniteGuard | None = None,
 ) -> EpochStats:
-    """`indices` are this worker's data-set ids for the epoch; `first_step` is the global step count so far."""
+    """`indices` are this worker's data-set ids for the epoch; `first_step` is the global step count so far.
+    guard: as train_epoch's; a nan/inf step raises before its optimizer step and before its keys reach the bank."""
+    guard = guard or FiniteGuard()
     query_encoder.train()
     plain = unwrap(query_encoder)
     steps = full_batches(len(indices), batch_size)
@@ -48,7 +52,8 @@ def train_epoch_with_bank(
             positive = key_encoder.keys(view2, global_step).float()
         loss = objective(query, positive, global_step, pending, query_ids=ids)  # own images are no negatives
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        guard.backward(loss)
+        guard.check(loss, optimizer, step)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from workloads.training.finite import FiniteGuard
+
 
 @dataclass
 class EpochStats:
@@ -64,6 +66,7 @@ def train_epoch(
     precision: str = "auto",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     channels_last: bool = False,
+    guard: FiniteGuard | None = None,
 ) -> EpochStats:
     """Full batches only (drop_last), so every step sees batch_size images.
 
@@ -71,7 +74,10 @@ def train_epoch(
     .to(memory_format=torch.channels_last)); bf16 convolutions on tensor cores want it.
     on_step(step, loss): after every step, with the step's detached loss tensor (reading its value
     is a device sync: the caller decides how often).
+    guard: the run's FiniteGuard (its epoch set by the caller); a nan/inf loss or gradient norm raises
+    NonFiniteLossError before that step's optimizer step.
     """
+    guard = guard or FiniteGuard()
     learner.train()
     steps = full_batches(len(indices), batch_size)
     total = torch.zeros((), device=device)
@@ -85,7 +91,8 @@ def train_epoch(
         with autocast_for(device, precision):
             loss = learner(view1, view2)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        guard.backward(loss)
+        guard.check(loss, optimizer, step)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 
 from workloads.pretext.base import PretextTask, normalization_of, normalize
+from workloads.training.finite import FiniteGuard
 from workloads.training.loop import EpochStats, autocast_for, full_batches
 
 PAD = 4  # the standard CIFAR crop padding, pixels
@@ -51,6 +52,7 @@ def pretext_train_epoch(
     precision: str = "auto",
     augment: bool | Callable[[torch.Tensor], torch.Tensor] = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    guard: FiniteGuard | None = None,
 ) -> tuple[EpochStats, dict[str, float]]:
     """Train `task` (a PretextTask, or a DDP wrapper of one) for one epoch over `indices`.
 
@@ -58,8 +60,10 @@ def pretext_train_epoch(
     (CPU); indices: this worker's shard of data-set indices, in epoch order. augment: True for
     crop_flip, False for none, or a function of the float batch in [0, 1] (the video loop's flip per
     clip). Returns the epoch's stats (loss: the mean step loss; images_per_s counts frames for clips)
-    and the epoch means of the task's step metrics.
+    and the epoch means of the task's step metrics. guard: as train_epoch's (a nan/inf step raises
+    NonFiniteLossError before its optimizer step).
     """
+    guard = guard or FiniteGuard()
     task.train()
     steps = full_batches(len(indices), batch_size)
     total = torch.zeros((), device=device)
@@ -76,7 +80,8 @@ def pretext_train_epoch(
         with autocast_for(device, precision):
             out = task(x, ids)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        guard.backward(out.loss)
+        guard.check(out.loss, optimizer, step)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

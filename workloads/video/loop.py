@@ -41,6 +41,7 @@ def video_train_epoch(
     precision: str = "auto",
     augment: bool = True,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    guard=None,  # the run's FiniteGuard (workloads.training.finite), passed through
 ) -> tuple[EpochStats, dict[str, float]]:
     """Train `task` (a video PretextTask, or a DDP wrapper of one) for one epoch over `indices`.
 
@@ -52,4 +53,4 @@ def video_train_epoch(
     if clips_uint8.dim() != 5 or clips_uint8.dtype != torch.uint8:
         raise ValueError(f"clips_uint8 must be uint8 [N, T, 3, H, W], got {clips_uint8.dtype} {tuple(clips_uint8.shape)}")
     return pretext_train_epoch(task, optimizer, scheduler, clips_uint8, indices, batch_size, device, precision,
-                               augment=flip_clips if augment else False, on_step=on_step)
+                               augment=flip_clips if augment else False, on_step=on_step, guard=guard)
