@@ -114,6 +114,20 @@ def test_a_driver_on_another_host_sharing_the_database_is_refused_until_its_leas
         other.release()
 
 
+def test_a_driver_whose_lease_was_taken_over_sees_it_lost(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    lock = DriverLock("lost", storage, seconds=1.5).acquire()
+    try:
+        with sqlite3.connect(tmp_path / "optuna.db") as connection:  # another driver took it over
+            connection.execute("UPDATE sslab_leases SET token = 'someone-else'")
+        assert lock.lost.wait(3)  # noticed at the next renewal (every 0.5 s here)
+        assert "lost its lease on study 'lost'" in str(lock.lost_error())
+        assert isinstance(lock.lost_error(), StudyBusyError)  # the CLI's exit status 2
+    finally:
+        lock.release()
+    assert lease_rows(tmp_path / "optuna.db") != []  # the new holder's row is not ours to delete
+
+
 HOLDER = """
 import sys, time
 from orchestrator.sweep.driver_lock import DriverLock
