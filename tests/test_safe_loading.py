@@ -110,3 +110,54 @@ def test_sslab_eval_of_a_hostile_encoder_exits_2_and_runs_nothing(tmp_path):
     with pytest.raises(UnsafeCheckpointError):  # the library call too, for pipelines' encoder_model
         load_encoder(str(hostile))
     assert not marker.exists()
+
+
+class HostileModule(torch.nn.Module):
+    """A model whose pickle runs a command when loaded: what a pickled registry entry could hold."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_the_registry_logs_pt2_and_refuses_a_pickled_champion(tmp_path):
+    """log_and_register writes a pt2 export (no pickle) that champion_score loads and scores as the
+    in-memory model scores; a pickled model made champion is refused and its code never runs."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.model import EncoderModel, EvaluationSet, knn_top1
+    from pipelines.registry import ALIAS, champion_score, log_and_register
+    from workloads.data import ImageDataset
+    from workloads.pretext.registry import build_encoder
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("registry", f"{tmp_path}/artifacts")).info.run_id
+    torch.manual_seed(0)
+    model = EncoderModel(build_encoder("small_convnet", {"width": 4}, None), (0.5,) * 3, (0.25,) * 3).eval()
+    version = log_and_register(uri, run_id, model, "enc", 32, {})
+    files = {a.path for a in client.list_artifacts(run_id, "encoder/data")}
+    assert "encoder/data/model.pt2" in files and "encoder/data/model.pth" not in files, files
+    client.set_registered_model_alias("enc", ALIAS, version)
+    images = (torch.rand(70, 3, 32, 32) * 255).to(torch.uint8)
+    labels = torch.arange(70) % 2
+    split = ImageDataset(images, labels, ["a", "b"], "random", "hash")
+    data = EvaluationSet(split, split, knn_k=5, knn_temperature=0.1)
+    assert champion_score(uri, "enc", data) == pytest.approx(knn_top1(model, data), abs=1e-6)
+
+    marker = tmp_path / "code-ran"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        hostile = mlflow.pytorch.log_model(HostileModule(str(marker)), name="hostile", registered_model_name="enc",
+                                           serialization_format="pickle", pip_requirements=["torch"])
+    # MLflow may load a model it logs (inferring its requirements runs it): the load that matters is ours
+    marker.unlink(missing_ok=True)
+    client.set_registered_model_alias("enc", ALIAS, str(hostile.registered_model_version))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="pickle is disallowed"):
+        champion_score(uri, "enc", data)
+    assert not marker.exists(), "loading the pickled champion ran its code"
