@@ -7,6 +7,8 @@ or the private temp dir in its command line) is killed by pid.
 The sweep runs from a project folder that is not sslab's repository: sslab's code travels as
 py_modules, the config and the data with the working directory; MLflow is a tracking server,
 the study and the checkpoints on absolute paths (one machine: every node sees them).
+A secret rides along: the password of the tracking URI and of a PostgreSQL study's URL, given as
+${NAME} references whose variables the cluster's nodes have (as from a Kubernetes secret).
 """
 import json
 import os
@@ -54,9 +56,10 @@ CLUSTER = textwrap.dedent("""
 
 
 class RayCluster:
-    """A 2-node Ray cluster with token authentication, in a process (and session) of its own."""
+    """A 2-node Ray cluster with token authentication, in a process (and session) of its own; `env`: variables
+    every node has (the secrets a submitted sweep names by ${NAME})."""
 
-    def __init__(self):
+    def __init__(self, env: dict | None = None):
         self.tag = uuid.uuid4().hex
         self.token = uuid.uuid4().hex + uuid.uuid4().hex
         self.temp = tempfile.mkdtemp(prefix="sslab-rc-", dir="/tmp")  # short: Ray's socket paths
@@ -65,7 +68,8 @@ class RayCluster:
         # rewrite 127.0.0.1 to the machine's outward IP (see conftest).
         self.env.update({MARKER: self.tag, "RAY_TMPDIR": self.temp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                          "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "RAY_USAGE_STATS_ENABLED": "0",
-                         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token})  # every node's processes
+                         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **(env or {})})  # every node's
+        self.secret_env = env or {}
         self.dashboard_port = free_port()
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.process: subprocess.Popen | None = None
@@ -84,7 +88,7 @@ class RayCluster:
 
     def sslab(self, *args, cwd, token: bool = True) -> subprocess.CompletedProcess:
         """The sslab command against this cluster, with its token supplied the way Ray reads it (or none)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))} | self.secret_env
         if token:
             env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token})
         return subprocess.run([os.path.join(BIN, "sslab"), *args, "--address", self.dashboard], cwd=cwd, env=env,
@@ -132,15 +136,28 @@ class RayCluster:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray_cluster = RayCluster()
+def secret(mlflow_server, postgres_server) -> dict:
+    """A secret planted as the password of the MLflow server's URL and of a PostgreSQL database's URL (the
+    server has no auth and the test PostgreSQL trusts 127.0.0.1: both take any password), as the values of
+    variables that the cluster's nodes and the submitting shell have."""
+    value = f"s3cr3t-{uuid.uuid4().hex}"
+    database = postgres_server.create_database(f"optuna_cluster_{uuid.uuid4().hex[:8]}")
+    return {"value": value, "env": {
+        "SSLAB_TEST_TRACKING_URI": mlflow_server.replace("http://", f"http://sslab:{value}@"),
+        "SSLAB_TEST_OPTUNA_DB": database.replace("postgresql://sslab@", f"postgresql://sslab:{value}@")},
+        "database": database}
+
+
+@pytest.fixture(scope="module")
+def cluster(secret):
+    ray_cluster = RayCluster(secret["env"])
     try:
         yield ray_cluster.start()
     finally:
         ray_cluster.stop()
 
 
-def project(tmp_path, mlflow_server, name: str, epochs: int, n_trials: int = 2) -> str:
+def project(tmp_path, mlflow_server, name: str, epochs: int, n_trials: int = 2, tracking: str | None = None) -> str:
     """A project folder (not sslab's repository) with a tiny sweep and the sample data inside it."""
     folder, shared = tmp_path / "project", tmp_path / "shared"
     os.makedirs(folder / "data"), os.makedirs(shared)
@@ -152,7 +169,7 @@ def project(tmp_path, mlflow_server, name: str, epochs: int, n_trials: int = 2) 
         "train": {"epochs": epochs, "batch_size": 128, "progress": False},
         "eval": {"knn_k": 20, "linear_probe": False, "embedding_map_points": 100},
         "resources": {"workers": 1, "cpus_per_worker": 1},
-        "tracking": {"uri": mlflow_server}, "storage": {"path": str(shared / "runs")},
+        "tracking": {"uri": tracking or mlflow_server}, "storage": {"path": str(shared / "runs")},
         "search": {"objective": "downstream/knn_top1", "sampler": "random", "pruner": "none", "n_trials": n_trials,
                    "max_concurrent_trials": 2, "storage": f"sqlite:///{shared}/optuna.db",
                    "space": {"workload.temperature": {"type": "float", "low": 0.1, "high": 1.0, "log": True}}},
@@ -184,17 +201,21 @@ def wait_for_run(mlflow_server: str, experiment: str, kind: str, cluster: RayClu
         time.sleep(2)
 
 
-def test_a_submitted_sweep_runs_its_trials_on_both_nodes(cluster, mlflow_server, tmp_path):
-    cwd = project(tmp_path, mlflow_server, "clustersweep", epochs=1)
-    submitted = cluster.sslab("sweep", "sweep.yaml", cwd=cwd)
+def test_a_submitted_sweep_runs_its_trials_on_both_nodes(cluster, mlflow_server, secret, tmp_path, tmp_path_factory):
+    """... and the secret it was given (tracking.uri in the config file, search.storage in an override, both
+    ${NAME} references) is nowhere: not in the job (entrypoint, runtime_env, logs), the MLflow store
+    (database, artifacts) or the study's database."""
+    cwd = project(tmp_path, mlflow_server, "clustersweep", epochs=1, tracking="${SSLAB_TEST_TRACKING_URI}")
+    storage = "search.storage=${SSLAB_TEST_OPTUNA_DB}"
+    submitted = cluster.sslab("sweep", "sweep.yaml", "--set", storage, cwd=cwd)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     assert job_id.startswith("sslab-clustersweep-"), submitted.stdout
     assert f"sslab status {job_id} --address {cluster.dashboard}" in submitted.stderr
-    assert "note: search.storage" in submitted.stderr and "every node" in submitted.stderr
+    assert "note: storage.path" in submitted.stderr and "every node" in submitted.stderr
 
     # guard (a), at submission: the study has a job pending or running
-    again = cluster.sslab("sweep", "sweep.yaml", cwd=cwd)
+    again = cluster.sslab("sweep", "sweep.yaml", "--set", storage, cwd=cwd)
     assert again.returncode == 2 and job_id in again.stderr and "already has a driver" in again.stderr, again.stderr
     table = cluster.sslab("status", cwd=cwd)
     assert table.returncode == 0 and job_id in table.stdout and "clustersweep" in table.stdout, table.stdout
@@ -212,6 +233,28 @@ def test_a_submitted_sweep_runs_its_trials_on_both_nodes(cluster, mlflow_server,
     assert nodes == cluster.node_ids(), "the two concurrent trials ran one on each node"
     logs = cluster.sslab("logs", job_id, cwd=cwd)
     assert logs.returncode == 0 and f'"parent_run_id": "{parents[0].info.run_id}"' in logs.stdout, logs.stdout[-3000:]
+
+    # the secret is nowhere. The job: the reference travelled, not the value
+    job = cluster.client().get_job_info(job_id)
+    assert "'search.storage=${SSLAB_TEST_OPTUNA_DB}'" in job.entrypoint, job.entrypoint
+    shown = repr(job) + json.dumps(job.runtime_env) + logs.stdout + submitted.stdout + submitted.stderr
+    assert secret["value"] not in shown
+    # the MLflow store: every file of the server (its SQLite database, artifacts, log), where the params hold the
+    # masked URL (so the search reads what was recorded)
+    masked = secret["env"]["SSLAB_TEST_OPTUNA_DB"].replace(f":{secret['value']}@", ":***@")
+    assert parents[0].data.params["search.storage"] == masked
+    # conftest's mlflow_server folder (pytest adds a symlink to it, "mlflow_servercurrent")
+    [store] = [p for p in tmp_path_factory.getbasetemp().glob("mlflow_server*") if not p.is_symlink()]
+    found = {path: path.read_bytes() for path in [*store.rglob("*"), *(tmp_path / "shared").rglob("*")]
+             if path.is_file()}
+    assert [p for p, body in found.items() if p.name == "mlflow.db" and masked.encode() in body], sorted(found)
+    assert [p for p in found if p.name == "encoder.pt"] and [p for p in found if p.name == "resolved_config.yaml"]
+    assert not [p for p, body in found.items() if secret["value"].encode() in body]
+    # the study's database: every row (attributes included)
+    from test_stack import database_text
+
+    rows = database_text(secret["database"])
+    assert "clustersweep" in rows and "sslab.objective" in rows and secret["value"] not in rows
 
 
 def test_a_second_driver_is_refused_and_stop_ends_the_sweep_killed(cluster, mlflow_server, tmp_path):
@@ -278,10 +321,16 @@ def test_missing_jobs_and_unreachable_clusters_are_clear_errors(cluster, tmp_pat
     assert nowhere.returncode == 2 and "cannot reach a Ray dashboard" in nowhere.stderr, nowhere.stderr
 
 
-def test_relative_storage_is_refused_before_anything_is_uploaded(cluster, mlflow_server, tmp_path):
+def test_relative_storage_is_refused_before_anything_is_uploaded(cluster, mlflow_server, secret, tmp_path):
     cwd = project(tmp_path, mlflow_server, "refusedsweep", epochs=1)
     out = cluster.sslab("sweep", "sweep.yaml", "--set", "search.storage=null", "--set", "storage.path=runs", cwd=cwd)
     assert out.returncode == 2, out.stderr
     assert "search.storage: null (the default, sqlite:///optuna.db) is a path relative" in out.stderr
     assert "storage.path: 'runs' is a path relative" in out.stderr
+    # a secret written out in an override would travel in the entrypoint: refused, named, not shown
+    written_out = cluster.secret_env["SSLAB_TEST_OPTUNA_DB"]
+    out = cluster.sslab("sweep", "sweep.yaml", "--set", f"search.storage={written_out}", cwd=cwd)
+    assert out.returncode == 2 and "--set search.storage: holds a secret written out" in out.stderr, out.stderr
+    assert "--set 'search.storage=${SSLAB_SEARCH_STORAGE}'" in out.stderr and secret["value"] not in out.stderr
+    assert "Traceback" not in out.stderr
     assert not [j for j in cluster.client().list_jobs() if (j.metadata or {}).get("sslab.study") == "refusedsweep"]
