@@ -5,6 +5,7 @@ run with its running trials KILLED at the deadline, is shown end to end in test_
 resuming driver runs under it.)
 """
 import json
+import os
 import time
 
 import optuna
@@ -20,9 +21,10 @@ NAME = "boundsweep"
 TINY = ["model.width=4", "eval.knn_k=20", "eval.embedding_map_points=100", "train.progress=false",
         "data.val_fraction=0.1", "eval.linear_probe=false", "eval.random_init_baseline=false",
         "resources.cpus_per_worker=1", f"name={NAME}"]
-# Two trials at once: one epoch (about 30 s on 2 cores), and 2000 epochs (hours), stopped after 1.5 min.
+# Two trials at once: one epoch (about 30 s on 2 cores), and 2000 epochs (hours), stopped after TIMEOUT_MIN.
+TIMEOUT_MIN = float(os.environ.get("SSLAB_TEST_TRIAL_TIMEOUT_MIN", "1.5"))  # more on a machine under heavy load
 SEARCH = {"objective": "downstream/knn_top1", "direction": "maximize", "sampler": "grid", "pruner": "none",
-          "n_trials": 2, "max_concurrent_trials": 2, "seed": 0, "trial_timeout_minutes": 1.5,
+          "n_trials": 2, "max_concurrent_trials": 2, "seed": 0, "trial_timeout_minutes": TIMEOUT_MIN,
           "space": {"train.epochs": {"type": "categorical", "choices": [1, 2000]}}}
 
 
@@ -38,17 +40,18 @@ def test_a_trial_past_its_time_is_stopped_failed_and_the_sweep_goes_on(ray_local
     experiment = client.get_experiment_by_name(NAME)
     runs = client.search_runs([experiment.experiment_id], "", max_results=100)
     assert not [r for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"
-    trials = {int(r.data.params["train.epochs"]): r for r in runs if r.data.tags.get("sslab.kind") == "trial"}
+    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{workdir}/optuna.db")
+    epochs_of = {t.number: t.params["train.epochs"] for t in study.trials}
+    trials = {epochs_of[int(r.data.tags["sslab.trial_number"])]: r for r in runs if r.data.tags.get("sslab.kind") == "trial"}
     assert sorted(trials) == [1, 2000], out
     long, short = trials[2000], trials[1]
     assert long.info.status == "FAILED", long.info
-    assert long.data.tags["sslab.error"].startswith("timed out after 1.5 min"), long.data.tags
+    assert long.data.tags["sslab.error"].startswith(f"timed out after {TIMEOUT_MIN:g} min"), long.data.tags
     ran = (long.info.end_time - long.info.start_time) / 1000  # from its run's start, after the task's
-    assert ran < 90 + 10, ran
+    assert ran < TIMEOUT_MIN * 60 + 10, ran
     assert short.info.status == "FINISHED" and SEARCH["objective"] in short.data.metrics, (short.data.tags, out)
-    assert f"trial {long.data.tags['sslab.trial_number']} FAIL: timed out after 1.5 min" in out
+    assert f"trial {long.data.tags['sslab.trial_number']} FAIL: timed out after {TIMEOUT_MIN:g} min" in out
 
-    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{workdir}/optuna.db")
     states = {t.params["train.epochs"]: t.state.name for t in study.trials}
     assert states == {1: "COMPLETE", 2000: "FAIL"}, states  # no retry: a timed-out trial is a failed one
     parent = client.get_run(result.parent_run_id)
@@ -56,16 +59,15 @@ def test_a_trial_past_its_time_is_stopped_failed_and_the_sweep_goes_on(ray_local
     assert result.best[2] == {"train.epochs": 1}
     # both trials ran side by side: the sweep took about the longer of the two, not their sum
     print(f"sweep wall time {elapsed:.1f} s; the timed-out trial's run lasted {ran:.1f} s")
-    assert elapsed < 150, elapsed
-
-
-class Slow:
-    def counts(self):
-        time.sleep(30)
-        return {}
+    assert elapsed < TIMEOUT_MIN * 60 + 60, elapsed
 
 
 def test_a_coordinator_that_does_not_answer_is_an_error_within_its_bound(ray_local):
+    class Slow:  # defined here: Ray ships it by value (workers cannot import this test module)
+        def counts(self):
+            time.sleep(30)
+            return {}
+
     actor = ray_local.remote(Slow).options(num_cpus=0).remote()
     try:
         started = time.time()
