@@ -186,13 +186,17 @@ def drive(config: SSLabConfig, coordinator, record: SweepRecord, deadline: float
             told(ref)  # ended in time
         if not running:
             return
-        numbers = sorted(running.values())
+        stopped = {number: (asked[ref], started[ref]) for ref, number in running.items()}
         cancel(running)
         running.clear()
         started.clear()
         asked.clear()
-        settle(coordinator, record, f"the sweep's time budget (search.timeout_minutes = {search.timeout_minutes:g}) "
-                                    f"ran out while this trial ran: stopped, queued for the next run", status="KILLED")
+        reason = (f"the sweep's time budget (search.timeout_minutes = {search.timeout_minutes:g}) ran out while "
+                  f"this trial ran: stopped, queued for the next run")
+        settle(coordinator, record, reason, status="KILLED")
+        for number, (params, since) in stopped.items():  # one stopped before it opened its run: recorded too
+            record.fail_stopped_trial(number, params, reason, since, status="KILLED")
+        numbers = sorted(stopped)
         print(f"sslab sweep: the time budget (search.timeout_minutes = {search.timeout_minutes:g}) is spent: "
               f"trials {numbers} stopped (KILLED), queued for the next run", flush=True)
 

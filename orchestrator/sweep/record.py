@@ -77,21 +77,21 @@ class SweepRecord:
             self.client.set_tag(run.info.run_id, "sslab.error", redact_text(reason))
             self.client.set_terminated(run.info.run_id, "FAILED")
 
-    def fail_stopped_trial(self, number: int, params: dict, reason: str, since: float) -> None:
-        """A trial the driver stopped (timed out): its run FAILED with the reason (tag sslab.error); a
-        trial stopped before its process opened a run gets one, FAILED, with its parameters, so that the
-        record shows it. `since`: when the driver started the trial (epoch seconds)."""
+    def fail_stopped_trial(self, number: int, params: dict, reason: str, since: float, status: str = "FAILED") -> None:
+        """A trial the driver stopped (timed out, or out of the sweep's time): its run `status` with the
+        reason (tag sslab.error); a trial stopped before its process opened a run gets one, with its
+        parameters, so that the record shows it. `since`: when the driver started it (epoch seconds)."""
         runs = [run for run in self._trial_runs(f"tags.`sslab.trial_number` = '{number}'")
                 if run.info.start_time >= (since - 300) * 1000]  # not a same-numbered trial of an earlier study
         for run in runs:
             if run.info.status == "RUNNING":
                 self.client.set_tag(run.info.run_id, "sslab.error", reason)
-                self.client.set_terminated(run.info.run_id, "FAILED")
+                self.client.set_terminated(run.info.run_id, status)
         if not runs:
             run = self.client.create_run(self.tracker.experiment_id, run_name=f"trial-{number}",
                                          tags={"sslab.kind": "trial", **self.trial_tags(number), "sslab.error": reason})
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-            self.client.set_terminated(run.info.run_id, "FAILED")
+            self.client.set_terminated(run.info.run_id, status)
 
     def outcomes(self, started: dict[int, float], objective: str) -> dict[int, tuple[float | None, str]]:
         """What became of trials the study still holds RUNNING ({number: start time, epoch seconds}),
