@@ -6,7 +6,6 @@ refilled from the checkpoint; the MLflow run records train/resumed_from_epoch an
 The head holds one CPU, taken by a placeholder actor until the trial's worker has started on the other
 node, so the worker starts there; the placeholder is then removed, so the restarted worker fits on the
 head. The script runs in a subprocess of its own (see test_memory_bank_cluster.py for why)."""
-import os
 
 import pytest
 from conftest import ROOT, free_port, run_cluster_script
