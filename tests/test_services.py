@@ -159,6 +159,7 @@ def test_a_tracking_server_killed_mid_run_fails_the_run_in_bounded_time_and_keep
         stop(server)
         command.close()
     log = command.tail()
+    print(f"the run failed {took:.1f} s after its tracking server was killed; its last line: {log.strip().splitlines()[-1]}")
     assert train.returncode != 0, log
     # MLflow's own retries, bounded by sslab's defaults (4 retries, 0+2+4+8 s back-off): without them one
     # call alone retries 7 times over about 4 minutes
