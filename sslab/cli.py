@@ -240,6 +240,23 @@ def main(argv: list[str] | None = None) -> int:
         run = f" (MLflow run {error.run_id}: FAILED)" if error.run_id else ""
         print(f"sslab {args.command}: the run failed: {error}{run}", file=sys.stderr)
         return 1
+    except Exception as error:
+        if not service_failure(error):
+            raise
+        from orchestrator.config.secrets import redact_text
+
+        # a service that went away mid-run, after its bounded retries: the run failed, not the input (exit 1)
+        print(f"sslab {args.command}: the run failed: a service stopped answering: "
+              f"{redact_text(str(error).strip().splitlines()[-1])[:2000]}", file=sys.stderr)
+        return 1
+
+
+def service_failure(error: BaseException) -> bool:
+    """MLflow's or HTTP's error after their retries (a tracking server, an S3 endpoint that went away)."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    return isinstance(error, (MlflowException, RequestException)) and bool(str(error).strip())
 
 
 if __name__ == "__main__":
