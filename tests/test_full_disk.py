@@ -89,3 +89,15 @@ def test_full_disk_fails_the_run_saying_so_and_keeps_the_earlier_checkpoint(ray_
         raw = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
         assert any(isinstance(v, torch.Tensor) for v in raw["learner"].values())
     assert epochs[0] == 0 and epochs[-1] < 5, epochs  # the run stopped before its last epoch
+
+
+def test_a_full_disk_met_by_ray_trains_controller_is_said_the_same_way():
+    """Ray Train's controller also writes to storage.path; its error (seen in a full-suite run) names errno 28."""
+    from orchestrator.training.state import full_disk_error
+
+    cause = OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+    wrapped = RuntimeError("Training failed due to controller error")
+    wrapped.__cause__ = cause
+    said = full_disk_error(wrapped, "/data/runs")
+    assert said.errno == errno.ENOSPC and "storage.path /data/runs: the disk is full (ENOSPC" in str(said)
+    assert full_disk_error(RuntimeError("something else"), "/data/runs") is None

@@ -13,6 +13,7 @@ from orchestrator.services import check_services
 from orchestrator.tracking.mlflow_callback import MlflowReportCallback
 from orchestrator.tracking.record import Tracker
 from orchestrator.training.non_finite import non_finite_error, readable_error
+from orchestrator.training.state import full_disk_error
 from orchestrator.training.worker import train_worker
 from workloads.errors import NonFiniteLossError
 
@@ -85,6 +86,7 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
             raise non_finite
     except BaseException as error:
         readable = readable_error(error)
+        readable = full_disk_error(readable, config.storage.path) or readable
         if readable is not error:
             readable.__cause__ = error  # error.txt keeps the workers' tracebacks
         if isinstance(readable, NonFiniteLossError):

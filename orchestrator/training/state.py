@@ -41,6 +41,25 @@ def report_checkpoint(metrics: dict, folder: str, what: str) -> None:
                       f"set storage.path to a disk with room, and run again") from None
 
 
+def full_disk_error(error: BaseException, storage_path: str) -> OSError | None:
+    """A full disk met outside the workers' own report (Ray Train's controller writes its checkpoint
+    bookkeeping to storage.path too), as the same clear error; None when `error` is something else."""
+    seen, todo = set(), [error]
+    while todo:
+        found = todo.pop()
+        if found is None or id(found) in seen:
+            continue
+        seen.add(id(found))
+        if "the disk is full (ENOSPC" in str(found):
+            return None  # already said by report_checkpoint
+        if getattr(found, "errno", None) == errno.ENOSPC or "no space left on device" in str(found).lower():
+            return OSError(errno.ENOSPC, f"storage.path {storage_path}: the disk is full (ENOSPC, no space left on "
+                           f"device) while Ray Train wrote the run's checkpoints; the earlier checkpoints are kept. "
+                           f"Free space there, or set storage.path to a disk with room, and run again")
+        todo += [found.__cause__, found.__context__, *getattr(found, "worker_failures", {}).values()]
+    return None
+
+
 def checkpoint_folders(storage) -> set[str]:
     """The run's checkpoint folders on its storage filesystem (local or S3), as paths on it."""
     import pyarrow.fs
