@@ -30,15 +30,24 @@ def report_checkpoint(metrics: dict, folder: str, what: str) -> None:
     try:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
     except OSError as error:
-        if getattr(error, "errno", None) != errno.ENOSPC and "no space left" not in str(error).lower():
+        if not is_full_disk(error):
             raise
         for partial in checkpoint_folders(storage) - before:
             storage.storage_filesystem.delete_dir(partial)
         where = storage.storage_fs_path
         where = f"s3://{where}" if storage.storage_filesystem.type_name == "s3" else where
-        raise OSError(errno.ENOSPC, f"storage.path {where}: the disk is full (ENOSPC, no space left "
-                      f"on device) writing {what}; the earlier checkpoints are kept. Free space there, or "
-                      f"set storage.path to a disk with room, and run again") from None
+        raise disk_full(where, f"writing {what}") from None
+
+
+def is_full_disk(error: BaseException) -> bool:
+    return getattr(error, "errno", None) == errno.ENOSPC or "no space left on device" in str(error).lower()
+
+
+def disk_full(where: str, doing: str) -> OSError:
+    """The one message of a full disk at storage.path, wherever it was met."""
+    return OSError(errno.ENOSPC, f"storage.path {where}: the disk is full (ENOSPC, no space left on device) "
+                   f"{doing}; the earlier checkpoints are kept. Free space there, or set storage.path to a "
+                   f"disk with room, and run again")
 
 
 def full_disk_error(error: BaseException, storage_path: str) -> OSError | None:
@@ -52,10 +61,8 @@ def full_disk_error(error: BaseException, storage_path: str) -> OSError | None:
         seen.add(id(found))
         if "the disk is full (ENOSPC" in str(found):
             return None  # already said by report_checkpoint
-        if getattr(found, "errno", None) == errno.ENOSPC or "no space left on device" in str(found).lower():
-            return OSError(errno.ENOSPC, f"storage.path {storage_path}: the disk is full (ENOSPC, no space left on "
-                           f"device) while Ray Train wrote the run's checkpoints; the earlier checkpoints are kept. "
-                           f"Free space there, or set storage.path to a disk with room, and run again")
+        if is_full_disk(found):
+            return disk_full(storage_path, "while Ray Train wrote the run's checkpoints")
         todo += [found.__cause__, found.__context__, *getattr(found, "worker_failures", {}).values()]
     return None
 
