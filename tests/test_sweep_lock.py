@@ -132,8 +132,8 @@ HOLDER = """
 import sys, time
 from orchestrator.sweep.driver_lock import DriverLock
 lock = DriverLock("held", sys.argv[1]).acquire()
-print("HELD", flush=True)
-try:
+try:  # HELD inside the try: a SIGTERM that comes right after it still runs the finally
+    print("HELD", flush=True)
     time.sleep(120)
 finally:
     lock.release()
