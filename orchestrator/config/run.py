@@ -100,6 +100,9 @@ class TrainConfig(Section):
                                                      "false: each worker's own rows only")
     log_step_loss_every: int = Field(0, ge=0, description="log train/step_loss every N global steps (0: off)")
     max_failures: int = Field(0, ge=-1, description="Ray Train restarts from the last epoch's checkpoint this many times (-1: forever)")
+    max_minutes: float | None = Field(None, gt=0.0, description="a wall-clock budget for training: it stops after the "
+                                      "step that spends it (in-batch contrastive; bank and pretext loops: the epoch), "
+                                      "then evaluates as usual; train.epochs still sets the LR schedule (null: no budget)")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":
@@ -205,6 +208,13 @@ class RunConfig(Section):
         if bank.shuffle_bn == "split" and per_worker % bank.bn_splits:
             raise ValueError(f"bank.bn_splits ({bank.bn_splits}) must divide each worker's batch ({per_worker} = "
                              f"train.batch_size / resources.workers) into equal sub-batches")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_fits_the_loop(self) -> "RunConfig":
+        if self.train.max_minutes is not None and self.workload.kind in VIDEO_KINDS:
+            raise ValueError(f"train.max_minutes is not supported by video workloads ({self.workload.kind!r}); "
+                             "remove it and bound the run with train.epochs")
         return self
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ import torch
 
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.video_workload import VIDEO_KINDS
+from orchestrator.training.budget import TrainingBudget
 from orchestrator.training.final_report import report_final
 from orchestrator.training.learners import (
     backbone_kwargs,
@@ -88,6 +89,8 @@ def train_worker(loop_config: dict) -> None:
 
     progress = progress_bar(config, rank, steps_per_epoch, first_epoch)
     guard = FiniteGuard()  # a nan/inf loss or gradient norm stops the run at that step
+    budget = TrainingBudget(config.train.max_minutes, world, device)
+    budget.start()
     for epoch in range(first_epoch, config.train.epochs):
         indices = epoch_shard(len(train), epoch, config.seed, rank, world, config.train.batch_size)
         step_losses: list[list[float]] = []
@@ -101,7 +104,7 @@ def train_worker(loop_config: dict) -> None:
             elif objective is None:
                 stats = train_epoch(learner, optimizer, scheduler, train.images, indices.to(train.images.device), augment,
                                     per_worker_batch, device, config.train.precision, on_step=tick,
-                                    channels_last=channels_last, guard=guard)
+                                    channels_last=channels_last, guard=guard, stop=budget.stop)
             else:
                 stats = train_epoch_with_bank(learner, key_encoder, objective, optimizer, scheduler, train.images, indices,
                                               augment, per_worker_batch, device, epoch * steps_per_epoch, rank,
@@ -111,6 +114,7 @@ def train_worker(loop_config: dict) -> None:
                 progress.close()
             return report_non_finite(error, epoch, world, step_losses)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s,
+                   "train/steps": stats.steps,
                    **{f"pretext/{name}": value for name, value in task_metrics.items()}}
         if step_losses:
             metrics["sslab.step_losses"] = step_losses
@@ -134,6 +138,8 @@ def train_worker(loop_config: dict) -> None:
                 report_epoch({**metrics, "sslab.pruned": 1}, state)
                 return
         report_epoch(metrics, state)
+        if budget.reached():  # train.max_minutes spent: evaluate what was learned
+            break
     if progress:
         progress.close()
 

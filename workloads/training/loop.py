@@ -67,6 +67,7 @@ def train_epoch(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     channels_last: bool = False,
     guard: FiniteGuard | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
     """Full batches only (drop_last), so every step sees batch_size images.
 
@@ -76,6 +77,8 @@ def train_epoch(
     is a device sync: the caller decides how often).
     guard: the run's FiniteGuard (its epoch set by the caller); a nan/inf loss or gradient norm raises
     NonFiniteLossError before that step's optimizer step.
+    stop(): asked after every step; True ends the epoch there (a wall-clock budget; with several
+    workers the caller makes them agree, as DDP needs the same steps everywhere).
     """
     guard = guard or FiniteGuard()
     learner.train()
@@ -99,6 +102,9 @@ def train_epoch(
         total += loss.detach()
         if on_step is not None:
             on_step(step, loss.detach())
+        if stop is not None and stop():
+            steps = step + 1
+            break
     seconds = time.perf_counter() - start
     return EpochStats(
         loss=float(total) / steps,
