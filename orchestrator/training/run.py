@@ -13,6 +13,7 @@ from orchestrator.services import check_services
 from orchestrator.tracking.mlflow_callback import MlflowReportCallback
 from orchestrator.tracking.record import Tracker
 from orchestrator.training.non_finite import non_finite_error, readable_error
+from orchestrator.training import timeline
 from orchestrator.training.state import full_disk_error
 from orchestrator.training.worker import train_worker
 from workloads.errors import NonFiniteLossError
@@ -58,10 +59,12 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
     pruning: {"coordinator": StudyCoordinator handle, "trial": number, "objective": metric} for a
     sweep's trial; a pruned run ends KILLED with tag sslab.pruned=true.
     """
+    timeline.mark("trial_start", name=run_name or config.name)
     config = with_absolute_paths(config)
     check_services(config)  # before the MLflow run: a dead tracking server could not record a FAILED run
     tracker = Tracker(config.tracking.uri, config.tracking.experiment or config.name, config.tracking.artifact_location)
     run_id = tracker.start_run(config, kind=kind, run_name=run_name or config.name, tags=tags)
+    train_name = f"{config.name}-{run_id[:8]}"  # the Ray Train run (the workers' timeline marks name it)
     bank = None
     try:
         ensure_ray()
@@ -73,14 +76,16 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
             train_loop_config={"config": config.model_dump(mode="json"), "bank": bank, "pruning": pruning},
             scaling_config=scaling_for(config),
             run_config=ray.train.RunConfig(
-                name=f"{config.name}-{run_id[:8]}",
+                name=train_name,
                 storage_path=config.storage.path,
                 callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
                 failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
         )
+        timeline.mark("fit_start", run=train_name)
         result = trainer.fit()
+        timeline.mark("fit_end", run=train_name)
         non_finite = non_finite_error(result.metrics or {})  # the workers stopped at a nan/inf step
         if non_finite is not None:
             raise non_finite

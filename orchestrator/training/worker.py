@@ -18,6 +18,7 @@ from orchestrator.training.learners import (
 )
 from orchestrator.training.non_finite import report_non_finite
 from orchestrator.training.state import latest_state, report_epoch
+from orchestrator.training import timeline
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
 from orchestrator.training.trial_eval import (
     data_record,
@@ -41,13 +42,17 @@ def train_worker(loop_config: dict) -> None:
         from orchestrator.training.video_worker import video_train_worker
 
         return video_train_worker(loop_config)
+    memory = timeline.MemoryPeaks() if timeline.enabled() else None
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    run = context.get_experiment_name()  # the Ray Train run: which trial a timeline line is from
+    timeline.mark("worker_start", run=run, rank=rank, process_started=timeline.process_started())
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
     torch.manual_seed(config.seed * 1000 + rank)  # model init is synchronised by DDP; augmentations differ per rank
     device = ray.train.torch.get_device()
     splits = load_splits(config)  # train / val / test and the normalisation measured on train
     train, val = splits.train, splits.val
+    timeline.mark("data_ready", run=run, rank=rank)
     per_worker_batch = config.train.batch_size // world
 
     bank = loop_config.get("bank")
@@ -95,6 +100,9 @@ def train_worker(loop_config: dict) -> None:
         indices = epoch_shard(len(train), epoch, config.seed, rank, world, config.train.batch_size)
         step_losses: list[list[float]] = []
         tick = step_hook(progress, config.train.log_step_loss_every, epoch * steps_per_epoch, step_losses)
+        if timeline.enabled() and epoch == first_epoch:
+            tick = timeline.first_call(tick, "first_step", run=run, rank=rank)
+        timeline.mark("epoch_start", run=run, rank=rank, epoch=epoch)
         task_metrics, guard.epoch = {}, epoch
         try:
             if pretext:
@@ -113,6 +121,7 @@ def train_worker(loop_config: dict) -> None:
             if progress:
                 progress.close()
             return report_non_finite(error, epoch, world, step_losses)
+        timeline.mark("epoch_end", run=run, rank=rank, epoch=epoch)
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s,
                    "train/steps": stats.steps,
                    **{f"pretext/{name}": value for name, value in task_metrics.items()}}
@@ -145,7 +154,9 @@ def train_worker(loop_config: dict) -> None:
 
     if rank != 0:
         ray.train.report({"epoch": config.train.epochs})
-        return
-    figures = {f"{config.workload.kind}.png": task_figure(unwrap(learner), val, device)} if pretext else {}
-    report_final(config, encoder_of(learner), backbone_kwargs(config), splits, device, figures=figures,
-                 encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)
+    else:
+        figures = {f"{config.workload.kind}.png": task_figure(unwrap(learner), val, device)} if pretext else {}
+        report_final(config, encoder_of(learner), backbone_kwargs(config), splits, device, figures=figures,
+                     encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)
+    if memory is not None:
+        timeline.mark("worker_end", run=run, rank=rank, **memory.stop())
