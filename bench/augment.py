@@ -13,6 +13,8 @@ The same pipeline (random resized crop with scale (0.2, 1), flip p=0.5, colour j
   tv2-dataloader  the same per-image transform in a DataLoader with --workers worker processes
   kornia-aug      kornia.augmentation modules on the whole batch (per-sample parameters)
   sslab           workloads.augment.SimCLRAugment: kornia's functional ops, per-sample parameter tensors
+  sslab-fused     SimCLRAugment(fused=True): crop+flip+resize in one grid_sample, the colour jitter,
+                  grayscale and normalisation as one per-sample 3x3 affine map (workloads/augment_fused.py)
 
 The in-process methods run interleaved, one repetition of each per round, and the ratio is the
 median over rounds of (method images/s) / (tv2-loop images/s) in the same round: the machines are
@@ -97,6 +99,7 @@ def main() -> None:
         KA.Normalize(mean, std),
     ).to(device)
     ours = SimCLRAugment(image_size=args.size, crop_scale=SCALE, jitter=JITTER)
+    ours_fused = SimCLRAugment(image_size=args.size, crop_scale=SCALE, jitter=JITTER, fused=True)
 
     def tv_loop() -> None:
         torch.stack([tv(im) for im in images]), torch.stack([tv(im) for im in images])
@@ -108,7 +111,10 @@ def main() -> None:
     def sslab() -> None:
         ours(images)
 
-    methods = {"tv2-loop": tv_loop, "kornia-aug": kornia_aug, "sslab": sslab}
+    def sslab_fused() -> None:
+        ours_fused(images)
+
+    methods = {"tv2-loop": tv_loop, "kornia-aug": kornia_aug, "sslab": sslab, "sslab-fused": sslab_fused}
 
     def timed(fn) -> float:
         if device.type == "cuda":

@@ -12,9 +12,10 @@ def _images(batch=8, height=32, width=32, seed=0):
     return torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=g)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_shapes_dtype_device(device):
-    aug = SimCLRAugment(image_size=24, blur_p=0.5)
+def test_shapes_dtype_device(device, fused):
+    aug = SimCLRAugment(image_size=24, blur_p=0.5, fused=fused)
     for x in (_images(5, 40, 36).to(device), _images(5, 40, 36).to(device).float() / 255):
         v1, v2 = aug(x)
         for v in (v1, v2):
@@ -24,14 +25,16 @@ def test_shapes_dtype_device(device):
             assert torch.isfinite(v).all()
 
 
-def test_empty_batch():
-    v1, v2 = SimCLRAugment()(_images(0))
+@pytest.mark.parametrize("fused", [False, True])
+def test_empty_batch(fused):
+    v1, v2 = SimCLRAugment(fused=fused)(_images(0))
     assert v1.shape == v2.shape == (0, 3, 32, 32)
 
 
-def test_two_views_differ():
+@pytest.mark.parametrize("fused", [False, True])
+def test_two_views_differ(fused):
     torch.manual_seed(0)
-    v1, v2 = SimCLRAugment()(_images())
+    v1, v2 = SimCLRAugment(fused=fused)(_images())
     assert not torch.allclose(v1, v2)
     # every sample differs between its two views
     assert ((v1 - v2).abs().flatten(1).amax(1) > 1e-3).all()
@@ -49,8 +52,9 @@ def test_per_sample_parameters_differ_within_batch():
     assert len({tuple(row.flatten()[:64].tolist()) for row in v}) == 16
 
 
-def test_reproducible_under_manual_seed():
-    aug = SimCLRAugment(blur_p=0.5)
+@pytest.mark.parametrize("fused", [False, True])
+def test_reproducible_under_manual_seed(fused):
+    aug = SimCLRAugment(blur_p=0.5, fused=fused)
     x = _images()
     torch.manual_seed(123)
     a1, a2 = aug(x)
@@ -73,9 +77,10 @@ def test_flip_only_is_exact():
     torch.testing.assert_close(aug(x)[0], expected, rtol=0, atol=0)
 
 
-def test_grayscale_gives_equal_channels():
+@pytest.mark.parametrize("fused", [False, True])
+def test_grayscale_gives_equal_channels(fused):
     torch.manual_seed(0)
-    v1, v2 = SimCLRAugment(grayscale_p=1.0, **IDENTITY)(_images())
+    v1, v2 = SimCLRAugment(grayscale_p=1.0, fused=fused, **IDENTITY)(_images())
     for v in (v1, v2):
         assert torch.equal(v[:, 0], v[:, 1]) and torch.equal(v[:, 1], v[:, 2])
         assert v.min() >= 0 and v.max() <= 1
@@ -92,6 +97,39 @@ def test_brightness_is_a_per_sample_factor():
     f = factor[:, 0]
     assert ((f >= 0.6 - 1e-5) & (f <= 1.4 + 1e-5)).all()
     assert len(set(f.tolist())) == 8
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(jitter_p=0.0, grayscale_p=0.0), dict(jitter_p=0.0, grayscale_p=1.0)]
+    + [dict(jitter=tuple(0.4 if i == k else 0.0 for i in range(4)), jitter_p=0.7, grayscale_p=0.0) for k in range(3)],
+    ids=["crop_flip", "grayscale", "brightness", "contrast", "saturation"],
+)
+def test_fused_matches_op_by_op(kwargs):
+    """Same seed, same parameters: the one-resampling crop and the one-matrix colour give the op-by-op
+    views (hue is where they differ: a rotation about the gray axis, not an HSV shift)."""
+    x = 0.1 + 0.8 * torch.rand(16, 3, 40, 36, generator=torch.Generator().manual_seed(2))  # no clipping
+    torch.manual_seed(5)
+    expected = SimCLRAugment(image_size=32, **kwargs)(x)
+    torch.manual_seed(5)
+    fused = SimCLRAugment(image_size=32, fused=True, **kwargs)(x)
+    for got, want in zip(fused, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_fused_hue_keeps_gray_gray_and_colours_in_range():
+    gray = torch.full((8, 3, 32, 32), 0.3)
+    colour = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    aug = SimCLRAugment(flip_p=0.0, jitter=(0, 0, 0, 0.5), jitter_p=1.0, grayscale_p=0.0, fused=True, **IDENTITY)
+    torch.manual_seed(0)
+    torch.testing.assert_close(aug(gray)[0], gray, rtol=0, atol=1e-5)  # rotation about the gray axis
+    torch.manual_seed(0)
+    shifted, _ = aug(colour)
+    assert shifted.min() >= 0 and shifted.max() <= 1
+    plain = SimCLRAugment(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, fused=True, **IDENTITY)
+    torch.manual_seed(0)
+    moved = (shifted - plain(colour)[0]).abs().flatten(1).amax(1) > 0.05
+    assert moved.sum() >= 6  # shifts are uniform in [-0.5, 0.5] turns: nearly every sample's hue moved
 
 
 def test_blur_changes_the_image():
@@ -135,12 +173,13 @@ def test_normalize():
         (dict(mean=(0.5, 0.5)), "mean"),
         (dict(std=(0.2, 0.2, 0.2, 0.2)), "std"),
         (dict(std=(0.2, 0.0, 0.2)), "std"),
+        (dict(fused="yes"), "fused"),
     ],
 )
 def test_invalid_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name) as info:
         SimCLRAugment(**kwargs)
-    assert any(s in str(info.value) for s in ("[0, 1]", "<=", ">=", "> 0", "3 numbers"))
+    assert any(s in str(info.value) for s in ("[0, 1]", "<=", ">=", "> 0", "3 numbers", "true or false"))
 
 
 def test_normalize_invalid_arguments():

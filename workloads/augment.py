@@ -33,6 +33,7 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import crop_and_resize
 
+from workloads.augment_fused import apply_colour, colour_affine, crop_flip_resize
 from workloads.data.normalization import CIFAR10
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "SimCLRAugment", "normalize", "random_resized_crop_boxes"]
@@ -155,8 +156,11 @@ class SimCLRAugment(torch.nn.Module):
         blur_p: float = 0.0,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
+        fused: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(fused, bool):
+            raise ValueError(f"fused must be true or false, got {fused!r}")
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
             raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
         try:
@@ -190,6 +194,7 @@ class SimCLRAugment(torch.nn.Module):
         self.blur_p = _check_probability("blur_p", blur_p)
         self.mean = _check_triple("mean", mean, positive=False)
         self.std = _check_triple("std", std, positive=True)
+        self.fused = fused
         # SimCLR: kernel 10% of the image side, odd, at least 3.
         self.blur_kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
@@ -197,22 +202,21 @@ class SimCLRAugment(torch.nn.Module):
         return (
             f"image_size={self.image_size}, crop_scale={self.crop_scale}, flip_p={self.flip_p}, "
             f"jitter={self.jitter}, jitter_p={self.jitter_p}, grayscale_p={self.grayscale_p}, "
-            f"blur_p={self.blur_p}, mean={self.mean}, std={self.std}"
+            f"blur_p={self.blur_p}, mean={self.mean}, std={self.std}, fused={self.fused}"
         )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = _to_unit_float(images)
+        if self.fused and len(x):  # the colour of both views in one pass
+            return self.fused_views(x).chunk(2)
         return self.view(x), self.view(x)
 
-    def view(self, x: torch.Tensor) -> torch.Tensor:
-        """One augmented, normalised view of float images in [0, 1]."""
-        batch, _, height, width = x.shape
-        device = x.device
-        size = self.image_size
-        if batch == 0:
-            return x.new_empty(0, 3, size, size)
+    def draw(self, batch: int, height: int, width: int, device: torch.device):
+        """One view's random parameters: every one from the CPU generator, moved to the device in one copy.
 
-        # Every parameter comes from the CPU generator, then moves to the device in one copy.
+        Returns boxes [B,4,2], the gates flip/jitter/gray/blur [B,1,1,1] bool, the jitter factors [B,4]
+        (the hue shift in turns), the blur sigma [B,2] (on the CPU) and the jitter order.
+        """
         boxes = random_resized_crop_boxes(batch, height, width, self.crop_scale)
         u = torch.rand(batch, 4)  # gates: flip, jitter, grayscale, blur
         b, c, s, h = self.jitter
@@ -226,14 +230,39 @@ class SimCLRAugment(torch.nn.Module):
             dim=1,
         )
         sigma = torch.empty(batch, 1).uniform_(*_BLUR_SIGMA).expand(batch, 2)
-        order = torch.randperm(4).tolist()
+        order = [k for k in torch.randperm(4).tolist() if self.jitter[k] > 0]
         gates = u < torch.tensor([self.flip_p, self.jitter_p, self.grayscale_p, self.blur_p])
         params = torch.cat([boxes.reshape(batch, 8), gates.to(torch.float32), factors], dim=1)
         params = params.to(device, non_blocking=True)
-        boxes = params[:, 0:8].view(batch, 4, 2)
-        flip, jit, gray, blur = (params[:, 8 + k].bool().view(batch, 1, 1, 1) for k in range(4))
-        factors = params[:, 12:16]
+        gates = tuple(params[:, 8 + k].bool().view(batch, 1, 1, 1) for k in range(4))
         # sigma stays on the CPU: kornia checks it there without waiting for the device.
+        return params[:, 0:8].view(batch, 4, 2), gates, params[:, 12:16], sigma, order
+
+    def fused_views(self, x: torch.Tensor) -> torch.Tensor:
+        """Both views, [2B,3,size,size]: crop+flip+resize in one resampling, colour in one affine map
+        (workloads.augment_fused says what differs from the op-by-op path)."""
+        batch, _, height, width = x.shape
+        crops, affines = [], []
+        for _ in range(2):  # each view draws its own parameters and jitter order, as in view()
+            boxes, (flip, jit, gray, blur), factors, sigma, order = self.draw(batch, height, width, x.device)
+            crop = crop_flip_resize(x, boxes, flip.view(-1), self.image_size)
+            if self.blur_p > 0:  # blur and the colour map commute (both linear, blur keeps constants)
+                k = self.blur_kernel
+                crop = torch.where(blur, gaussian_blur2d(crop, (k, k), sigma, border_type="reflect"), crop)
+            crops.append(crop)
+            affines.append(colour_affine(crop, factors, order if self.jitter_p > 0 else [], jit.view(-1),
+                                         gray.view(-1)))
+        a, b = (torch.cat([affine[k] for affine in affines]) for k in range(2))
+        return apply_colour(torch.cat(crops), a, b, self.mean, self.std)
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """One augmented, normalised view of float images in [0, 1], op by op."""
+        batch, _, height, width = x.shape
+        device = x.device
+        size = self.image_size
+        if batch == 0:
+            return x.new_empty(0, 3, size, size)
+        boxes, (flip, jit, gray, blur), factors, sigma, order = self.draw(batch, height, width, device)
 
         out = crop_and_resize(x, boxes, (size, size), mode="bilinear", align_corners=True)
         if self.flip_p > 0:
@@ -241,8 +270,6 @@ class SimCLRAugment(torch.nn.Module):
         if self.jitter_p > 0 and any(v > 0 for v in self.jitter):
             y = out
             for k in order:
-                if self.jitter[k] == 0:
-                    continue
                 if k == 0:
                     y = adjust_brightness_accumulative(y, factors[:, 0])
                 elif k == 1:
