@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from workloads.bank.shard import DTYPES
@@ -37,6 +38,8 @@ def check_dtype(dtype) -> str:
 def tensor_bytes(obj) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):  # tensors on the wire (orchestrator.memory_bank.wire)
+        return obj.nbytes
     if isinstance(obj, (tuple, list)):
         return sum(tensor_bytes(o) for o in obj)
     return 0

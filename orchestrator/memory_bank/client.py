@@ -89,6 +89,7 @@ from orchestrator.memory_bank.checks import (
 )
 from orchestrator.memory_bank.pending import PendingInfoNCE, PendingQuery
 from orchestrator.memory_bank.shard_actor import ShardServer
+from orchestrator.memory_bank.wire import from_wire, to_wire
 from orchestrator.ray_runtime import ensure_ray
 from workloads.bank import merge_topk
 from workloads.bank.own_id import check_ids
@@ -260,10 +261,10 @@ class ShardedMemoryBank(BankCheckpoint):
         if not (is_int(k) and k >= 1):
             raise bad("k", k, "an int >= 1")
         q = query.detach().to("cpu", torch.promote_types(query.dtype, torch.float32)).clone()
-        ref, device = ray.put(q), query.device
+        ref, device = ray.put(to_wire(q)), query.device
 
         def finish(replies):
-            return merge_topk([r["result"] for r in replies], k, self.dim).to(device)
+            return merge_topk([from_wire(r["result"]) for r in replies], k, self.dim).to(device)
 
         return PendingQuery(self, "topk", self._query_step(step), lambda s: (ref, k, query_ids), finish,
                             tensor_bytes(q) * self.num_shards)

@@ -7,6 +7,7 @@ import ray
 import torch
 
 from orchestrator.memory_bank.checks import tensor_bytes
+from orchestrator.memory_bank.wire import from_wire, to_wire
 from workloads.bank import exact_info_nce, merge_partials
 
 
@@ -39,9 +40,9 @@ class PendingInfoNCE(PendingQuery):
     def __init__(self, bank, query: torch.Tensor, temperature: float, step, query_ids=None):
         self.query, self.temperature = query, float(temperature)
         q = query.detach().to("cpu", torch.promote_types(query.dtype, torch.float32)).clone()
-        ref = ray.put(q)
+        ref = ray.put(to_wire(q))  # one copy in the object store, read by every shard
         super().__init__(bank, "partial_lse", step, lambda s: (ref, self.temperature, query_ids),
-                         lambda replies: merge_partials([r["result"] for r in replies]),
+                         lambda replies: merge_partials([from_wire(r["result"]) for r in replies]),
                          tensor_bytes(q) * bank.num_shards)
 
     def partials(self):

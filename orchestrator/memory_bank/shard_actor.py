@@ -37,6 +37,7 @@ import warnings
 
 import torch
 
+from orchestrator.memory_bank.wire import from_wire, to_wire
 from workloads.bank import BankShard
 
 SEEN_STEPS = 1024
@@ -237,12 +238,12 @@ class ShardServer:
 
     async def partial_lse(self, copy, seq, inc, step, can_refill, timeout, query, temperature,
                           query_ids=None):
-        return await self._query(copy, seq, inc, step, can_refill, timeout,
-                                 lambda: self.shard.partial_lse(query, temperature, query_ids))
+        return await self._query(copy, seq, inc, step, can_refill, timeout, lambda: to_wire(
+            self.shard.partial_lse(from_wire(query), temperature, query_ids)))
 
     async def topk(self, copy, seq, inc, step, can_refill, timeout, query, k, query_ids=None):
         return await self._query(copy, seq, inc, step, can_refill, timeout,
-                                 lambda: self.shard.topk(query, k, query_ids))
+                                 lambda: to_wire(self.shard.topk(from_wire(query), k, query_ids)))
 
     async def sample(self, copy, seq, inc, step, can_refill, timeout, n):
         """(keys [n, D], their ids [n])."""
