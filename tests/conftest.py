@@ -59,17 +59,24 @@ def ray_local():
     ray.shutdown()
 
 
+def start_mlflow_server(folder, backend: str, artifacts: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on 127.0.0.1 (a free port), logging to folder/server.log: (process, its URL).
+    Without MLflow's job runner: sslab runs no server-side jobs, and its ~7 huey consumer processes
+    (each importing MLflow) cost seconds of CPU per server on 2 cores."""
+    port = free_port()
+    process = subprocess.Popen(
+        [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", backend, "--artifacts-destination", artifacts],
+        env={**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=open(os.path.join(folder, "server.log"), "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server process with a SQLite backend, serving artifacts."""
     folder = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    process = subprocess.Popen(
-        [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_mlflow_server(folder, f"sqlite:///{folder}/mlflow.db", str(folder / "artifacts"))
     try:
         wait_http(f"{url}/health", process)
         yield url
@@ -361,13 +368,7 @@ def production_stack(postgres_server, s3_server, tmp_path_factory):
     optuna_storage = postgres_server.create_database("optuna")
     stack = ProductionStack("", optuna_storage, f"s3://{bucket}/ray", s3_server, bucket, postgres_server)
     folder = tmp_path_factory.mktemp("mlflow_stack")
-    port = free_port()
-    process = subprocess.Popen(
-        [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", tracking_store, "--artifacts-destination", f"s3://{bucket}/mlflow"],
-        env={**os.environ, **stack.env}, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    stack.tracking_uri = f"http://127.0.0.1:{port}"
+    process, stack.tracking_uri = start_mlflow_server(folder, tracking_store, f"s3://{bucket}/mlflow", stack.env)
     # this process's clients (boto3, pyarrow, MLflow) reach moto too, for the session; restored after
     with unittest.mock.patch.dict(os.environ, stack.env):
         try:

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import BIN, ROOT, SAMPLE, MarkedCommand, free_port, stop, wait_http
+from conftest import BIN, ROOT, SAMPLE, MarkedCommand, free_port, start_mlflow_server, stop, wait_http
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.loader import load_config
@@ -128,12 +128,7 @@ def test_train_checks_before_its_mlflow_run_starts(tmp_path, monkeypatch):
 def test_a_tracking_server_killed_mid_run_fails_the_run_in_bounded_time_and_keeps_its_checkpoints(tmp_path):
     folder = tmp_path / "server"
     folder.mkdir()
-    port = free_port()
-    server = subprocess.Popen(
-        [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_mlflow_server(folder, f"sqlite:///{folder}/mlflow.db", str(folder / "artifacts"))
     work = tmp_path / "work"
     work.mkdir()
     command = MarkedCommand(work)
@@ -164,7 +159,7 @@ def test_a_tracking_server_killed_mid_run_fails_the_run_in_bounded_time_and_keep
     # MLflow's own retries, bounded by sslab's defaults (4 retries, 0+2+4+8 s back-off): without them one
     # call alone retries 7 times over about 4 minutes
     assert took < 150, f"the run took {took:.0f} s to fail after its tracking server died:\n{log}"
-    assert f"127.0.0.1:{port}" in log and ("Connection refused" in log or "Max retries exceeded" in log), log
+    assert url.removeprefix("http://") in log and ("Connection refused" in log or "Max retries exceeded" in log), log
     # the command's own last word is one line, not a traceback (Ray's worker logs above may hold theirs)
     assert log.strip().splitlines()[-1].startswith("sslab train: the run failed: a service stopped answering"), log
     from orchestrator.training.state import load_state
