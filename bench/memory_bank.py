@@ -22,7 +22,8 @@ in each round:
   encoder  the step without any bank (query head forward/backward, key encoder): what is left.
 
 The ratio is the median over rounds of method step time / local step time (and / moco) in the
-same round. Then the bytes moved per step (tensor bytes sent to and received from the shards,
+same round (a time ratio: lower is faster); "speed vs moco" is its inverse against moco (higher is
+faster). Then the bytes moved per step (tensor bytes sent to and received from the shards,
 as the bank counts them: the query out to each shard, the partials or top-k back, the pushed
 keys) for K = 16k, 65k and 262k in the `exact` (info_nce) and `hardest` (top-16) modes.
 """
@@ -160,11 +161,13 @@ def main() -> int:
             times[name].append((time.perf_counter() - start) / args.steps)
     m = bank.metrics()
     print(f"\nseconds per step (median over {args.rounds} rounds of {args.steps} steps) and ratios per round:")
-    print(f"{'method':10s} {'s/step':>8s} {'vs local':>9s} {'vs moco':>8s}")
+    print("(time ratios: lower is faster; speed vs moco = moco's step time / the method's, higher is faster)")
+    print(f"{'method':10s} {'s/step':>8s} {'vs local':>9s} {'vs moco':>8s} {'speed vs moco':>14s}")
     for name in methods:
         vs_local = statistics.median(t / l for t, l in zip(times[name], times["local"]))
         vs_moco = statistics.median(t / l for t, l in zip(times[name], times["moco"]))
-        print(f"{name:10s} {statistics.median(times[name]):8.4f} {vs_local:8.2f}x {vs_moco:7.2f}x")
+        speed = statistics.median(l / t for t, l in zip(times[name], times["moco"]))
+        print(f"{name:10s} {statistics.median(times[name]):8.4f} {vs_local:8.2f}x {vs_moco:7.2f}x {speed:13.2f}x")
     gain = statistics.median(o / s for o, s in zip(times["overlap"], times["sharded"]))
     print(f"overlap / sharded (per round, median): {gain:.2f}x")
     print(f"bank metrics over the sharded+overlap steps: query_seconds {m['bank/query_seconds']:.4f}, "

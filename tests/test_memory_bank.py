@@ -5,6 +5,7 @@ a shard restart, checkpoints, and that no query's own image is its negative. The
 Banks are created once per module (lazily) and emptied with reset() between tests: every shard
 is an actor process, and starting one costs seconds on a small machine."""
 
+import os
 import pickle
 import time
 
@@ -285,6 +286,10 @@ def test_placement_group_spread_and_no_cpu_taken(banks):
         return 1
 
     assert ray.get(all_cpus.remote(), timeout=60) == 1  # a trial may still use every CPU
+    # each shard is its own process and reports its resident memory (bench/bank_scale.py reads it)
+    hellos = [ray.get(a.hello.remote())["result"] for a in bank.actors]
+    assert len({h["pid"] for h in hellos} | {os.getpid()}) == 3
+    assert all(h["rss_bytes"] > 0 for h in hellos)
 
 
 def test_a_killed_shard_is_restarted_and_refilled(ray_local):

@@ -31,6 +31,7 @@ docstring for the semantics. What this file implements, per message:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 import warnings
@@ -319,7 +320,8 @@ class ShardServer:
 
     async def hello(self):
         return self._reply(result={"node_id": _node_id(), "fifo_gaps": self.fifo_gaps,
-                                   "held": len(self.held), "log": len(self.log)})
+                                   "held": len(self.held), "log": len(self.log),
+                                   "pid": os.getpid(), "rss_bytes": _rss_bytes()})
 
 
 def _ordered(entries) -> list[tuple]:
@@ -328,6 +330,15 @@ def _ordered(entries) -> list[tuple]:
     stepped = sorted((e for e in entries if e[0] is not None), key=lambda e: (e[0], e[1]))
     other = sorted((e for e in entries if e[0] is None), key=lambda e: (e[2], e[3]))
     return stepped + other
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory now (Linux /proc), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _node_id() -> str | None:
