@@ -6,7 +6,8 @@ from workloads.augment import SimCLRAugment
 from workloads.losses import info_nce_loss, npair_loss
 from workloads.methods.contrastive import LOSSES, ContrastiveLearner, two_view_loss
 from workloads.models import ProjectionHead, build_backbone
-from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
+from workloads.training.compiled import compile_or_eager
+from workloads.training.loop import epoch_shard, train_epoch, use_channels_last, warmup_cosine
 
 
 def learner(loss: str) -> ContrastiveLearner:
@@ -63,17 +64,44 @@ def test_epoch_shard_rejects_a_batch_that_does_not_split():
         epoch_shard(100, 0, 0, 0, 3, batch_size=10)
 
 
-def test_train_epoch_lowers_the_loss_and_reports_throughput():
+@pytest.mark.parametrize("fast", [False, True], ids=["fp32", "bf16_channels_last_fused"])
+def test_train_epoch_lowers_the_loss_and_reports_throughput(fast):
+    """Also the CPU fast path: NHWC model and views, bf16 autocast, the fused augmentation."""
     torch.manual_seed(0)
     model = learner("nt_xent")
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    augment = SimCLRAugment(16, crop_scale=(0.8, 1.0), jitter_p=0.0, grayscale_p=0.0)
-    first = train_epoch(model, optimizer, None, images, torch.arange(64), augment, 32, torch.device("cpu"))
+    augment = SimCLRAugment(16, crop_scale=(0.8, 1.0), jitter_p=0.0, grayscale_p=0.0, fused=fast)
+    options = dict(precision="bf16", channels_last=True) if fast else {}
+    first = train_epoch(model, optimizer, None, images, torch.arange(64), augment, 32, torch.device("cpu"), **options)
     for _ in range(15):
-        last = train_epoch(model, optimizer, None, images, torch.arange(64), augment, 32, torch.device("cpu"))
+        last = train_epoch(model, optimizer, None, images, torch.arange(64), augment, 32, torch.device("cpu"),
+                           **options)
     assert last.loss < first.loss - 0.1
     assert last.steps == 2 and last.images_per_s > 0
+    conv = model.backbone.features[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == fast and conv.dtype == torch.float32
+
+
+def test_channels_last_setting():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last("auto", cuda) and not use_channels_last("auto", cpu)
+    assert use_channels_last(True, cpu) and not use_channels_last(False, cuda)
+
+
+class CannotCompile(torch.nn.Linear):
+    def compile(self, *args, **kwargs):  # a platform where torch.compile is unavailable
+        raise RuntimeError("no compiler here")
+
+
+def test_compile_falls_back_to_eager_where_unavailable():
+    module = CannotCompile(4, 2)
+    with pytest.warns(UserWarning, match="torch.compile is unavailable here .*no compiler here.*runs eagerly"):
+        assert compile_or_eager(module) is module
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(module(x), x @ module.weight.T + module.bias)
 
 
 def test_batch_larger_than_the_shard_is_a_clear_error():

@@ -97,7 +97,12 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     warmup_epochs: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere; "
+                                                      "bf16 also on CPUs with AVX512-BF16/AMX (faster there, see docs/benchmarks.md)")
+    channels_last: Literal["auto"] | bool = Field("auto", description="NHWC activations for the convolutions "
+                                                  "(auto: on CUDA only); true on the CPU too")
+    compile: bool = Field(False, description="torch.compile the contrastive step (forward and loss; autograd compiles "
+                          "the backward): the first step compiles (minutes on a small CPU); a compile error runs eagerly")
     progress: bool = True
     global_negatives: bool = Field(True, description="in-batch losses see every worker's rows (the global batch); "
                                                      "false: each worker's own rows only")
@@ -224,6 +229,14 @@ class RunConfig(Section):
     def _clips_fit_the_task(self) -> "RunConfig":
         if self.workload.kind in VIDEO_KINDS:
             check_clip_frames(self.workload, self.data.clip_frames)
+        return self
+
+    @model_validator(mode="after")
+    def _compile_fits_the_step(self) -> "RunConfig":
+        if self.train.compile and (self.workload.kind != "contrastive" or self.bank.mode != "none"):
+            raise ValueError(f"train.compile compiles the in-batch contrastive step; this run has workload.kind "
+                             f"{self.workload.kind!r} and bank.mode {self.bank.mode!r}: set train.compile: false, or "
+                             "workload.kind: contrastive with bank.mode: none")
         return self
 
     @model_validator(mode="after")

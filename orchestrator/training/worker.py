@@ -32,7 +32,8 @@ from workloads.errors import NonFiniteLossError
 from workloads.pretext.registry import encoder_spec
 from workloads.training.finite import FiniteGuard
 from workloads.training.bank_loop import train_epoch_with_bank
-from workloads.training.loop import epoch_shard, train_epoch, warmup_cosine
+from workloads.training.compiled import compile_or_eager
+from workloads.training.loop import epoch_shard, train_epoch, use_channels_last, warmup_cosine
 from workloads.training.pretext_loop import pretext_train_epoch
 
 
@@ -74,11 +75,14 @@ def train_worker(loop_config: dict) -> None:
         first_metrics["train/resumed_from_epoch"] = first_epoch
     elif rank == 0 and config.eval.random_init_baseline:
         first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), splits, device))
-    channels_last = device.type == "cuda"  # bf16 tensor-core convolutions want NHWC; autotune them too
+    channels_last = use_channels_last(config.train.channels_last, device)
     if channels_last:
-        torch.backends.cudnn.benchmark = True
         learner = learner.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotune the convolutions
         train.images = train.images.to(device)  # uint8 and decoded once: index batches on the GPU
+    if config.train.compile:
+        learner = compile_or_eager(learner)  # in place: state_dict and checkpoints unchanged
     learner = ray.train.torch.prepare_model(learner)
     key_encoder = None
     if objective is not None:

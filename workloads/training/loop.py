@@ -47,6 +47,11 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
+def use_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """train.channels_last: 'auto' is NHWC on CUDA only (bf16 tensor-core convolutions want it); true/false as given."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def full_batches(images: int, batch_size: int) -> int:
     """Steps in an epoch of full batches (drop_last); a batch larger than the worker's share is an error."""
     if images < batch_size:
