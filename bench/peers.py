@@ -42,6 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from orchestrator.config.loader import apply_override  # noqa: E402
 from orchestrator.config.schema import SSLabConfig  # noqa: E402
 from orchestrator.training.learners import backbone_kwargs  # noqa: E402
 from orchestrator.training.trial_eval import knn_top1, load_splits  # noqa: E402
@@ -71,12 +72,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lightly-workers", type=int, default=2, help="DataLoader processes on lightly's side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["lightly", "sslab"], help="run one side only (no ratios)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an sslab config key, e.g. train.compile=true (repeatable); lightly's side reads only "
+                             "the model, loss, optimiser and budget keys of the same config")
     return parser.parse_args(argv)
 
 
 def run_config(args: argparse.Namespace, data_uri: str, workdir: str) -> SSLabConfig:
     """The one config both sides are built from (validated as sslab validates any config)."""
-    return SSLabConfig.model_validate({
+    raw = {
         "name": "peers", "seed": args.seed,
         "data": {"uri": data_uri, "val_fraction": 0.1, "test_fraction": 0.2},
         "workload": {"kind": "contrastive", "loss": "nt_xent", "temperature": args.temperature},
@@ -87,7 +91,10 @@ def run_config(args: argparse.Namespace, data_uri: str, workdir: str) -> SSLabCo
         "resources": {"workers": 1, "cpus_per_worker": args.threads},
         "tracking": {"uri": f"sqlite:///{workdir}/mlflow.db"},
         "storage": {"path": os.path.join(workdir, "runs")},
-    })
+    }
+    for assignment in args.set:
+        apply_override(raw, assignment)
+    return SSLabConfig.model_validate(raw)
 
 
 def write_subset(count: int, seed: int, path: str) -> None:
@@ -196,14 +203,17 @@ def main(argv=None) -> int:
         splits = load_splits(config)
         print(f"CIFAR-10 subset of {args.images}: train {len(splits.train)} (the kNN memory), test {len(splits.test)}; "
               f"ResNet-18-CIFAR, batch {args.batch_size}, {args.optimizer} lr {args.lr}, temperature {args.temperature}, "
-              f"projection {args.hidden}/{args.out_dim}, {args.threads} threads, {args.minutes} min per side", flush=True)
+              f"projection {args.hidden}/{args.out_dim}, {args.threads} threads, {args.minutes} min per side; "
+              f"sslab --set {' '.join(args.set) or '(none)'}", flush=True)
         results = {}
         for side in ("lightly", "sslab"):
             if args.only in (None, side):
+                load = os.getloadavg()[0]
                 results[side] = (train_lightly(config, splits, args.lightly_workers) if side == "lightly"
                                  else train_sslab(config, splits, workdir))
                 print(f"{side:8s} " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in results[side].items()), flush=True)
+                                               for k, v in results[side].items())
+                      + f"  load {load:.1f}->{os.getloadavg()[0]:.1f}", flush=True)  # 1-min load average: shared cores
     if len(results) == 2:
         mine, peer = results["sslab"], results["lightly"]
         print(f"ratio sslab/lightly: images/s {mine['images_per_s'] / peer['images_per_s']:.2f}x, "
