@@ -211,6 +211,7 @@ def test_images_that_do_not_decode_name_their_row(project, capsys, sample, encod
     assert_says(message, *fragments)
 
 
+@pytest.mark.slow
 def test_a_data_error_as_a_real_process(project, sample):
     path = project({"data": {"uri": write_parquet(project.dir / "x.parquet", sample, label=None)}})
     out = sslab_process("train", path, cwd=project.dir)

@@ -89,6 +89,7 @@ def ranks(tmp_path_factory):
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_global_batchnorm_on_two_workers_equals_batchnorm_on_the_whole_batch(ranks):
     reference = model()
     out = reference(global_batch())
@@ -102,6 +103,7 @@ def test_global_batchnorm_on_two_workers_equals_batchnorm_on_the_whole_batch(ran
             assert torch.allclose(rank["bn"]["buffers"][name].float(), buffer.float(), atol=1e-5), name
 
 
+@pytest.mark.slow
 def test_local_batchnorm_on_two_workers_differs(ranks):
     """The check above can fail: per-worker statistics give other outputs."""
     local = model()
@@ -109,6 +111,7 @@ def test_local_batchnorm_on_two_workers_differs(ranks):
     assert not torch.allclose(torch.cat([r["bn"]["out"] for r in ranks]), halves, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_every_rank_has_rank_zeros_key_encoder_after_setup_and_after_a_resume(ranks):
     for stage in ("key_setup", "key_resumed"):
         for name, tensor in ranks[0][stage].items():
@@ -118,6 +121,7 @@ def test_every_rank_has_rank_zeros_key_encoder_after_setup_and_after_a_resume(ra
     assert torch.equal(ranks[1]["key_resumed"][weight], ranks[0]["key_setup"][weight])
 
 
+@pytest.mark.slow
 def test_shuffle_bn_gives_each_rank_the_keys_of_its_own_images(ranks):
     for rank in ranks:
         views, keys = rank["shuffle_keys"]

@@ -125,6 +125,7 @@ def test_unknown_experiment_lists_the_existing_ones(store):
     assert "'cifar10_infonce'" in out.stderr and "'single'" in out.stderr and out.stdout == ""
 
 
+@pytest.mark.slow
 def test_cli_relative_uri_table_and_empty_experiment(store):
     cwd = os.path.dirname(store["path"])
     out = sslab("compare", "cifar10_infonce", "--top", "2", cwd=cwd)  # default sqlite:///mlflow.db, here

@@ -58,6 +58,7 @@ def fill_when_first_checkpoint(folder, filled: threading.Event, stop: threading.
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_full_disk_fails_the_run_saying_so_and_keeps_the_earlier_checkpoint(ray_local, workdir, tiny_disk):
     config = load_config(f"{ROOT}/examples/quickstart.yaml", TINY + [f"storage.path={tiny_disk}"])
     filled, stop = threading.Event(), threading.Event()

@@ -82,6 +82,7 @@ def one_process(loss: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return step(learner(loss), global_views())
 
 
+@pytest.mark.slow
 def test_the_helper_concatenates_in_rank_order_and_scales_the_gradient_by_world(ranks):
     expected = torch.cat([torch.arange(ROWS * 3, dtype=torch.float32).view(ROWS, 3).add(100 * r) for r in range(WORLD)])
     weights = weights_for(WORLD * ROWS)
@@ -92,6 +93,7 @@ def test_the_helper_concatenates_in_rank_order_and_scales_the_gradient_by_world(
         assert torch.equal(result["x_grad"], WORLD * weights[rank * ROWS : (rank + 1) * ROWS])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", LOSSES)  # the issue names nt_xent, contrastive, lifted_structured
 def test_ddp_gradients_with_gather_equal_one_process_on_the_global_batch(ranks, loss):
     value, grads = one_process(loss)
@@ -104,6 +106,7 @@ def test_ddp_gradients_with_gather_equal_one_process_on_the_global_batch(ranks, 
             torch.testing.assert_close(rank_grads[name], grad, atol=TOL, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", LOSSES)
 def test_without_gather_each_rank_sees_only_its_rows_and_the_gradients_differ(ranks, loss):
     value, grads = one_process(loss)

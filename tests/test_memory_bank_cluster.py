@@ -9,6 +9,7 @@ cluster down itself; if it hangs, the test kills its process group (started by u
 
 import os
 
+import pytest
 from conftest import run_cluster_script
 
 SCRIPT = r'''
@@ -64,6 +65,7 @@ print("RESULT " + json.dumps(result))
 '''
 
 
+@pytest.mark.slow
 def test_shards_spread_over_two_nodes(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = run_cluster_script(SCRIPT, [], cwd=root, timeout=240)

@@ -94,6 +94,7 @@ def test_a_real_train_state_loads_without_pickle(tmp_path):
     assert loaded["optimizer"]["param_groups"][0]["lr"] == optimizer.param_groups[0]["lr"]
 
 
+@pytest.mark.slow
 def test_sslab_eval_of_a_hostile_encoder_exits_2_and_runs_nothing(tmp_path):
     hostile = tmp_path / "encoder.pt"
     marker = tmp_path / "code-ran"
@@ -123,6 +124,7 @@ class HostileModule(torch.nn.Module):
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_the_registry_logs_pt2_and_refuses_a_pickled_champion(tmp_path):
     """log_and_register writes a pt2 export (no pickle) that champion_score loads and scores as the
     in-memory model scores; a pickled model made champion is refused and its code never runs."""

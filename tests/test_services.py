@@ -85,6 +85,7 @@ def test_s3_credentials_missing_refused_and_a_dead_endpoint_are_named(monkeypatc
     assert f"storage.path: s3://runs/ray: cannot reach the S3 endpoint {endpoint}" in dead
 
 
+@pytest.mark.slow
 def test_dead_tracking_database_and_s3_stop_a_sweep_before_any_work(tmp_path):
     """`sslab sweep` with every service dead: exit 2 within the check's bound, each setting and address
     named, the database password nowhere, no traceback, nothing started (no Ray, no local store)."""

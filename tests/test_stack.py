@@ -17,6 +17,7 @@ def s3_keys(stack, prefix: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
+@pytest.mark.slow
 def test_mlflow_server_on_postgres_keeps_artifacts_in_s3_and_optuna_shares_the_database(production_stack, tmp_path):
     stack = production_stack
     assert stack.tracking_uri.startswith("http://127.0.0.1:") and stack.storage_path.startswith("s3://")

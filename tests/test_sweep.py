@@ -66,6 +66,7 @@ def test_a_sweep_the_pruner_or_the_data_cannot_serve_stops_before_any_work(workd
     assert not (workdir / "mlflow.db").exists() and not (workdir / "optuna.db").exists()
 
 
+@pytest.mark.slow
 def test_pruner_minimises_the_objective_it_is_given_and_stops_the_worse_trials(ray_local, workdir):
     """objective repr/alignment, direction minimize: each epoch the pruner gets the trial's alignment
     on the validation split, and stops the trials whose alignment is high (NT-Xent at a high
@@ -107,6 +108,7 @@ def test_pruner_minimises_the_objective_it_is_given_and_stops_the_worse_trials(r
     assert parent["best/test/knn_top1"] == result.best_test["test/knn_top1"]
 
 
+@pytest.mark.slow
 def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_the_invalid_combination(ray_local, workdir, capsys):
     """`sslab sweep examples/rotation.yaml` (in this process, on the test's Ray) over a pretext task's own
     hyperparameter (rotation's head width) and warmup_epochs, which must be below epochs: the (epochs 2,

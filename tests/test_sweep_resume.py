@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import optuna
+import pytest
 from conftest import BIN, ROOT, MarkedCommand
 from mlflow.tracking import MlflowClient
 
@@ -52,6 +53,7 @@ def trial_runs(db: str) -> list[tuple[str, str, int]]:
         return []
 
 
+@pytest.mark.slow
 def test_sweep_killed_mid_sweep_resumes_the_same_study(workdir):
     driver = Driver(workdir)
     mlflow_db, optuna_db = workdir / "mlflow.db", workdir / "optuna.db"
@@ -163,6 +165,7 @@ def test_sweep_killed_mid_sweep_resumes_the_same_study(workdir):
         assert all(r.info.status == "FAILED" and r.data.tags.get("sslab.error") for r in by_number.get(number, []))
 
 
+@pytest.mark.slow
 def test_resume_settles_each_interrupted_trial_as_its_mlflow_run_ended(workdir, monkeypatch):
     """The races of a kill, made on purpose: trials the study still holds RUNNING whose runs had ended
     (FINISHED, pruned, FAILED) are told so and not run again; the others are FAIL and queued once."""

@@ -15,6 +15,7 @@ TINY = ["train.epochs=2", "train.batch_size=128", "model.width=8", "eval.knn_k=2
         "train.progress=false", "data.val_fraction=0.1"]
 
 
+@pytest.mark.slow
 def test_train_leaves_finished_run_with_metrics_artifacts_and_params(ray_local, workdir, mlflow_server):
     config = load_config(f"{ROOT}/examples/quickstart.yaml", TINY + [f"tracking.uri={mlflow_server}", "name=tiny"])
     result = run_training(config)
@@ -57,6 +58,7 @@ def test_train_leaves_finished_run_with_metrics_artifacts_and_params(ray_local, 
     assert scores["downstream/linear_top1"] == pytest.approx(metrics["downstream/linear_top1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_failure_in_a_worker_leaves_failed_run_with_the_error(ray_local, workdir, tmp_path):
     table = pq.read_table("examples/data/cifar10_sample.parquet")
     images = table.column("image").to_pylist()

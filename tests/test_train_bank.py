@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 
+import pytest
 import torch
 from conftest import ROOT
 from mlflow.tracking import MlflowClient
@@ -44,6 +45,7 @@ def alive_pids(ray_local, class_name: str) -> list[int]:
     return [actor.pid for actor in actors]
 
 
+@pytest.mark.slow
 def test_killed_shard_is_restarted_and_refilled_and_the_run_finishes(ray_local, workdir):
     config = load_config(f"{ROOT}/examples/quickstart.yaml", BANK)
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
@@ -60,6 +62,7 @@ def test_killed_shard_is_restarted_and_refilled_and_the_run_finishes(ray_local, 
     assert state["epoch"] == 3 and "bank" in state and "key_encoder" in state
 
 
+@pytest.mark.slow
 def test_a_killed_training_worker_resumes_model_and_bank_from_the_last_checkpoint(ray_local, workdir):
     config = load_config(f"{ROOT}/examples/quickstart.yaml", BANK + ["name=resume", "train.max_failures=1"])
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
