@@ -51,6 +51,7 @@ from orchestrator.sweep.coordinator import call, start_coordinator
 from orchestrator.sweep.driver_lock import DriverLock
 from orchestrator.sweep.record import SweepRecord
 from orchestrator.training.run import run_training
+from orchestrator.training.shared_data import share_once
 from orchestrator.config.video_workload import VIDEO_KINDS
 from orchestrator.training.trial_eval import check_pruning_objective, check_splits
 
@@ -147,6 +148,7 @@ def drive(config: SSLabConfig, coordinator, record: SweepRecord, deadline: float
     running: dict[ray.ObjectRef, int] = {}
     started: dict[ray.ObjectRef, float] = {}  # when the driver started each trial
     asked: dict[ray.ObjectRef, dict] = {}  # each trial's parameters
+    shared_data: dict = {}  # the decoded data in the object store, once per data key for every trial
     failures = 0
 
     def told(ref: ray.ObjectRef, state: str | None = None, note: str = "") -> None:
@@ -224,7 +226,8 @@ def drive(config: SSLabConfig, coordinator, record: SweepRecord, deadline: float
                     call(coordinator, "tell", number, None, "FAIL")
                     continue
                 ref = train_trial.options(name=f"trial-{number}").remote(
-                    trial_config, number, record.trial_tags(number), pruning and {**pruning, "trial": number})
+                    trial_config, number, record.trial_tags(number), pruning and {**pruning, "trial": number},
+                    [share_once(shared_data, trial_config)])
                 running[ref], started[ref], asked[ref] = number, time.time(), params
                 print(f"sslab sweep: trial {number} started: {short(params)}", flush=True)
                 continue
@@ -265,10 +268,12 @@ def trial_settings(base: dict, params: dict, number: int, record: SweepRecord) -
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def train_trial(config: SSLabConfig, number: int, tags: dict, pruning: dict | None):
+def train_trial(config: SSLabConfig, number: int, tags: dict, pruning: dict | None, data=None):
     """One trial's Ray Train run, owned by this task (its MLflow run ends FINISHED, KILLED if pruned, or
-    FAILED with the error)."""
-    return run_training(config, kind="trial", tags=tags, run_name=f"trial-{number}", pruning=pruning)
+    FAILED with the error). data: a list holding the sweep's decoded data (a ref nested in a list is
+    passed as the ref, not resolved into this task)."""
+    return run_training(config, kind="trial", tags=tags, run_name=f"trial-{number}", pruning=pruning,
+                        data=data[0] if data else None)
 
 
 def short(params: dict) -> str:

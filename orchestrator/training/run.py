@@ -14,6 +14,7 @@ from orchestrator.tracking.mlflow_callback import MlflowReportCallback
 from orchestrator.tracking.record import Tracker
 from orchestrator.training.non_finite import non_finite_error, readable_error
 from orchestrator.training import timeline
+from orchestrator.training.shared_data import share
 from orchestrator.training.state import full_disk_error
 from orchestrator.training.worker import train_worker
 from workloads.errors import NonFiniteLossError
@@ -49,7 +50,7 @@ def open_bank(config: SSLabConfig):
 
 
 def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = None, run_name: str | None = None,
-                 pruning: dict | None = None) -> TrainResult:
+                 pruning: dict | None = None, data=None) -> TrainResult:
     """Start the MLflow run, train, and leave the run FINISHED, or FAILED/KILLED with the error.
 
     A nan/inf loss or gradient norm: the run FAILED with the guard's message as sslab.error, and
@@ -58,6 +59,9 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
 
     pruning: {"coordinator": StudyCoordinator handle, "trial": number, "objective": metric} for a
     sweep's trial; a pruned run ends KILLED with tag sslab.pruned=true.
+
+    data: the sweep's decoded data in the object store (shared_data.share_once); without it, this run
+    decodes its data once for all its workers (shared_data.share).
     """
     timeline.mark("trial_start", name=run_name or config.name)
     config = with_absolute_paths(config)
@@ -68,12 +72,15 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
     bank = None
     try:
         ensure_ray()
+        if data is None:
+            data = share(config)  # decoding while Ray Train starts the workers
         bank = open_bank(config)
         if bank is not None:
             tracker.client.set_tag(run_id, "sslab.bank_nodes", ",".join(sorted(set(map(str, bank.shard_nodes)))))
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": config.model_dump(mode="json"), "bank": bank, "pruning": pruning},
+            train_loop_config={"config": config.model_dump(mode="json"), "bank": bank, "pruning": pruning,
+                               "data": data},
             scaling_config=scaling_for(config),
             run_config=ray.train.RunConfig(
                 name=train_name,
@@ -83,7 +90,7 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
         )
-        timeline.mark("fit_start", run=train_name)
+        timeline.mark("fit_start", run=train_name, name=run_name or config.name)
         result = trainer.fit()
         timeline.mark("fit_end", run=train_name)
         non_finite = non_finite_error(result.metrics or {})  # the workers stopped at a nan/inf step

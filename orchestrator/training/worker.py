@@ -6,7 +6,6 @@ import torch
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.video_workload import VIDEO_KINDS
 from orchestrator.training.budget import TrainingBudget
-from orchestrator.training.final_report import report_final
 from orchestrator.training.learners import (
     backbone_kwargs,
     batchnorm_for_workers,
@@ -19,6 +18,7 @@ from orchestrator.training.learners import (
 from orchestrator.training.non_finite import report_non_finite
 from orchestrator.training.state import latest_state, report_epoch
 from orchestrator.training import timeline
+from orchestrator.training.shared_data import read_splits
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
 from orchestrator.training.trial_eval import (
     data_record,
@@ -51,7 +51,8 @@ def train_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
     torch.manual_seed(config.seed * 1000 + rank)  # model init is synchronised by DDP; augmentations differ per rank
     device = ray.train.torch.get_device()
-    splits = load_splits(config)  # train / val / test and the normalisation measured on train
+    # train / val / test and the normalisation measured on train: the object store's copy where shared
+    splits = read_splits(loop_config["data"]) if loop_config.get("data") is not None else load_splits(config)
     train, val = splits.train, splits.val
     timeline.mark("data_ready", run=run, rank=rank)
     per_worker_batch = config.train.batch_size // world
@@ -159,6 +160,8 @@ def train_worker(loop_config: dict) -> None:
     if rank != 0:
         ray.train.report({"epoch": config.train.epochs})
     else:
+        from orchestrator.training.final_report import report_final  # matplotlib, t-SNE: rank 0, at the end
+
         figures = {f"{config.workload.kind}.png": task_figure(unwrap(learner), val, device)} if pretext else {}
         report_final(config, encoder_of(learner), backbone_kwargs(config), splits, device, figures=figures,
                      encoder_wrapper=encoder_spec(config.workload.kind) if pretext else None)

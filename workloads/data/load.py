@@ -13,12 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import torch
 
-from workloads.data.cifar10 import load_cifar10
 from workloads.data.dataset import ImageDataset
 from workloads.data.errors import DataError
-from workloads.data.image_folder import load_folder_labels, load_image_folder
-from workloads.data.parquet import load_parquet, load_parquet_labels
 from workloads.data.split import split_three_ways
+
+# The readers (pyarrow, PIL, torchvision: seconds of imports) are imported by the branch that reads:
+# a process that only splits, or gets decoded data from elsewhere (a Ray Train worker), never pays them.
 
 
 def detect_format(uri: str) -> str:
@@ -46,10 +46,16 @@ def load_images(
     base, _, fragment = uri.partition("#")
     kind = detect_format(base) if format == "auto" else format
     if kind == "parquet":
+        from workloads.data.parquet import load_parquet
+
         dataset = load_parquet(base, image_column, label_column, image_size, s3_endpoint_url)
     elif kind == "folder":
+        from workloads.data.image_folder import load_image_folder
+
         dataset = load_image_folder(base, image_size)
     elif kind == "cifar10":
+        from workloads.data.cifar10 import load_cifar10
+
         parts = urlsplit(base)
         train = parse_qs(parts.query).get("train", ["true"])[0].lower() != "false"
         dataset = load_cifar10(parts.netloc + parts.path, train=train)
@@ -88,8 +94,12 @@ def load_labels(uri: str, format: str = "auto", label_column: str = "label", s3_
     base, _, fragment = uri.partition("#")
     kind = detect_format(base) if format == "auto" else format
     if kind == "parquet":
+        from workloads.data.parquet import load_parquet_labels
+
         labels, classes = load_parquet_labels(base, label_column, s3_endpoint_url, image_column)
     elif kind == "folder":
+        from workloads.data.image_folder import load_folder_labels
+
         labels, classes = load_folder_labels(base)
     else:
         return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 __all__ = ["resnet18_cifar", "SmallConvNet", "build_backbone", "BACKBONES"]
@@ -25,6 +24,8 @@ def resnet18_cifar(in_channels: int = 3) -> nn.Module:
     """
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
+    import torchvision  # here: its import costs seconds (torch._dynamo) that a SmallConvNet run never needs
+
     model = torchvision.models.resnet18(weights=None)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision does
