@@ -89,6 +89,10 @@ def phases_of(marks: list[dict], result: dict) -> dict:
             found[m["phase"]] = round(m["t"] - result["start"], 2)
             if m["phase"] == "worker_start":
                 found["worker_process_started"] = round(m["process_started"] - result["start"], 2)
+                loaded = [n["t"] for n in marks if n["phase"] == "worker_module_loaded" and n["pid"] == m["pid"]
+                          and n["t"] <= m["t"]]
+                if loaded:  # sslab's worker module imported (the train function is unpickled in the worker)
+                    found["worker_module_loaded"] = round(max(loaded) - result["start"], 2)
     found["run_end"] = round(result["wall_s"], 2)
     return found
 

@@ -36,6 +36,8 @@ from workloads.training.compiled import compile_or_eager
 from workloads.training.loop import epoch_shard, train_epoch, use_channels_last, warmup_cosine
 from workloads.training.pretext_loop import pretext_train_epoch
 
+timeline.mark("worker_module_loaded")  # its imports done (a Ray Train worker: before its function starts)
+
 
 def train_worker(loop_config: dict) -> None:
     config = SSLabConfig.model_validate(loop_config["config"])
