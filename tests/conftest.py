@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from orchestrator.ray_runtime import use_local_train_env
+from orchestrator.tracking.sqlite_template import prepare_store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "examples", "data", "cifar10_sample.parquet")
@@ -63,6 +64,7 @@ def start_mlflow_server(folder, backend: str, artifacts: str, env: dict | None =
     """`mlflow server` on 127.0.0.1 (a free port), logging to folder/server.log: (process, its URL).
     Without MLflow's job runner: sslab runs no server-side jobs, and its ~7 huey consumer processes
     (each importing MLflow) cost seconds of CPU per server on 2 cores."""
+    prepare_store(backend)  # a SQLite backend: a copy of a migrated store, not MLflow's migrations at start
     port = free_port()
     process = subprocess.Popen(
         [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.secrets import redact, redact_text
+from orchestrator.tracking.sqlite_template import prepare_store
 
 # The short names DESIGN.md's record promises, beside the full dotted config.
 CONTRACT_PARAMS = {
@@ -113,6 +114,7 @@ class Tracker:
         self.uri = uri
         if redact_text(uri) != uri:  # MLflow prints each run's link with the tracking URI, password included
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # (MLflow's switch for that print)
+        prepare_store(uri)  # a new SQLite store: a copy of a migrated one, not MLflow's migrations again
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
