@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orchestrator.config.loader import apply_override  # noqa: E402
 from orchestrator.config.schema import SSLabConfig  # noqa: E402
+from orchestrator.training import timeline  # noqa: E402
 from orchestrator.training.learners import backbone_kwargs  # noqa: E402
 from orchestrator.training.trial_eval import knn_top1, load_splits  # noqa: E402
 from orchestrator.training.worker_parts import build_optimizer  # noqa: E402
@@ -172,9 +173,11 @@ def train_sslab(config: SSLabConfig, splits, workdir: str) -> dict:
     path = os.path.join(workdir, "peers.yaml")
     with open(path, "w") as handle:
         yaml.safe_dump(config.model_dump(mode="json", exclude={"search"}), handle, sort_keys=False)
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "sslab", "train", path], cwd=ROOT, capture_output=True, text=True)
-    wall = time.monotonic() - started
+    marks = os.path.join(workdir, "timeline.jsonl")
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "sslab", "train", path], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, timeline.ENV: marks})
+    wall = time.time() - started
     if done.returncode:
         sys.exit(f"sslab train failed ({done.returncode}):\n{done.stderr[-4000:]}")
     printed = json.loads(done.stdout[done.stdout.rindex("{\n"):])
@@ -186,7 +189,23 @@ def train_sslab(config: SSLabConfig, splits, workdir: str) -> dict:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     backbone, metadata = load_encoder(client.download_artifacts(printed["run_id"], "encoder.pt", workdir))
     knn = knn_top1(config, backbone, splits.train, splits.test, checkpoint_normalization(metadata), CPU)
-    return {**summary(images, seconds, len(splits.train), knn, wall), "reported": printed.get("test/knn_top1")}
+    return {**summary(images, seconds, len(splits.train), knn, wall), "reported": printed.get("test/knn_top1"),
+            **wall_phases(marks, started, started + wall)}
+
+
+def wall_phases(path: str, started: float, ended: float) -> dict:
+    """Where the subprocess's wall time went, from the run's timeline marks (seconds; {} without them)."""
+    try:
+        with open(path) as handle:
+            marks = [json.loads(line) for line in handle]
+        first = {m["phase"]: m["t"] for m in reversed(marks)}
+        last_epoch_end = max(m["t"] for m in marks if m["phase"] == "epoch_end")
+        points = [("s_cli", started), ("s_mlflow_ray", first["trial_start"]), ("s_ray_train_data", first["fit_start"]),
+                  ("s_model", first["data_ready"]), ("s_epochs", first["epoch_start"]),
+                  ("s_final_eval", last_epoch_end), ("s_exit", first["fit_end"]), ("", ended)]
+    except (OSError, KeyError, ValueError):  # an older tree without these marks
+        return {}
+    return {name: later - at for (name, at), (_, later) in zip(points, points[1:])}
 
 
 def summary(images: int, seconds: float, train_size: int, knn: float, wall: float) -> dict:
