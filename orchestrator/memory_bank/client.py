@@ -227,7 +227,8 @@ class ShardedMemoryBank(BankCheckpoint):
         nbytes = 0
         for s, (rows, part_ids) in enumerate(parts):
             seq = self._seq[s]
-            self._inflight.append((s, self._send(s, "push", step, rank, rows, part_ids, self.timeout)))
+            self._inflight.append((s, self._send(s, "push", step, rank, to_wire(rows), to_wire(part_ids),
+                                                       self.timeout)))
             if self._log[s].maxlen:
                 self._log[s].append((step, rank, self._copy_id, seq, rows, part_ids))
             nbytes += tensor_bytes(rows) + tensor_bytes(part_ids)

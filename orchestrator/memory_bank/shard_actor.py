@@ -174,6 +174,7 @@ class ShardServer:
         return [r for r in range(self.world_size) if self.max_step.get(r, self.origin - 1) < step - 1]
 
     async def push(self, copy, seq, inc, step, rank, rows, ids, timeout):
+        rows, ids = from_wire(rows), from_wire(ids)  # held, logged and snapshotted as tensors
         await self._turn(copy, seq, timeout)
         try:
             if self.needs_refill:
