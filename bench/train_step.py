@@ -42,6 +42,7 @@ from workloads.augment import SimCLRAugment  # noqa: E402
 from workloads.methods.contrastive import ContrastiveLearner  # noqa: E402
 from workloads.losses import nt_xent_loss  # noqa: E402
 from workloads.models import ProjectionHead, build_backbone  # noqa: E402
+from workloads.training.compiled import compile_or_eager  # noqa: E402
 from workloads.training.loop import train_epoch, warmup_cosine  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data",
@@ -69,23 +70,35 @@ def bare_precision(device: torch.device, precision: str) -> str:
     return precision
 
 
-def bare_epoch(backbone, head, optimizer, images, indices, augment, batch_size, device, precision) -> torch.Tensor:
-    """The baseline: a plain PyTorch SimCLR loop."""
-    backbone.train()
-    head.train()
+def bare_epoch(forward, optimizer, images, indices, augment, batch_size, device, precision,
+               channels_last=False) -> torch.Tensor:
+    """The baseline: a plain PyTorch SimCLR loop; forward(views) -> loss (bare_forward, maybe compiled)."""
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
     loss = None
     for step in range(len(indices) // batch_size):
         batch = images[indices[step * batch_size : (step + 1) * batch_size]].to(device, non_blocking=True)
         with torch.no_grad():
-            view1, view2 = augment(batch)
+            views = torch.cat(augment(batch))
+            if channels_last:
+                views = views.contiguous(memory_format=torch.channels_last)
         with autocast:
-            z1, z2 = head(backbone(torch.cat([view1, view2]))).chunk(2)
-            loss = nt_xent_loss(z1, z2, TEMPERATURE)
+            loss = forward(views)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return loss
+
+
+class BareForward(torch.nn.Module):
+    """backbone -> head -> NT-Xent on the two halves: what the bare loop computes (and compiles, with --compile)."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        z1, z2 = self.head(self.backbone(views)).float().chunk(2)
+        return nt_xent_loss(z1, z2, TEMPERATURE)
 
 
 def compare(
@@ -101,18 +114,30 @@ def compare(
     scheduler: bool = False,
     seed: int = 0,
     log=print,
+    fused: bool = False,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> dict:
-    """Interleaved rounds of sslab's train_epoch and the bare loop; returns rates and the median ratio."""
+    """Interleaved rounds of sslab's train_epoch and the bare loop; returns rates and the median ratio.
+
+    fused, channels_last, compile: the CPU fast path, on both sides (the same augmentation module;
+    both models NHWC; sslab's learner through compile_or_eager, the bare forward through torch.compile).
+    """
     torch.manual_seed(seed)
     kwargs = {"width": width} if backbone == "small_convnet" else {}
     net = build_backbone(backbone, **kwargs)
     head = ProjectionHead(net.feature_dim, HIDDEN, OUT_DIM)
-    bare_net, bare_head = copy.deepcopy(net).to(device), copy.deepcopy(head).to(device)
-    learner = ContrastiveLearner(net, head, "nt_xent", TEMPERATURE, MARGIN).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    bare = BareForward(copy.deepcopy(net), copy.deepcopy(head)).to(device, memory_format=layout)
+    learner = ContrastiveLearner(net, head, "nt_xent", TEMPERATURE, MARGIN).to(device, memory_format=layout)
     opt_sslab = torch.optim.AdamW(learner.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    opt_bare = torch.optim.AdamW([*bare_net.parameters(), *bare_head.parameters()], lr=LR, weight_decay=WEIGHT_DECAY)
+    opt_bare = torch.optim.AdamW(bare.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    bare.train()
+    bare_forward = torch.compile(bare) if compile else bare
+    if compile:
+        learner = compile_or_eager(learner)
     sched = warmup_cosine(opt_sslab, 10**6, 10) if scheduler else None
-    augment = SimCLRAugment(images.shape[-1]).to(device)
+    augment = SimCLRAugment(images.shape[-1], fused=fused).to(device)
     bare_prec = bare_precision(device, precision)
 
     gen = torch.Generator().manual_seed(seed)
@@ -135,11 +160,11 @@ def compare(
 
     def run_sslab(idx: torch.Tensor) -> float:
         return timed(lambda i: train_epoch(learner, opt_sslab, sched, images, i, augment, batch_size, device,
-                                           precision), idx)
+                                           precision, channels_last=channels_last), idx)
 
     def run_bare(idx: torch.Tensor) -> float:
-        return timed(lambda i: bare_epoch(bare_net, bare_head, opt_bare, images, i, augment, batch_size, device,
-                                          bare_prec), idx)
+        return timed(lambda i: bare_epoch(bare_forward, opt_bare, images, i, augment, batch_size, device,
+                                          bare_prec, channels_last), idx)
 
     t_warm = time.perf_counter()
     idx = round_indices(warmup)
@@ -159,7 +184,8 @@ def compare(
     return {
         "backbone": backbone, "width": width if backbone == "small_convnet" else None, "batch_size": batch_size,
         "precision_sslab": precision, "precision_bare": bare_prec, "rounds": rounds, "steps_per_round": steps,
-        "scheduler": scheduler, "device": str(device),
+        "scheduler": scheduler, "device": str(device), "fused": fused, "channels_last": channels_last,
+        "compile": compile,
         "sslab_images_per_s": statistics.median(rates["sslab"]),
         "bare_images_per_s": statistics.median(rates["bare"]),
         "ratio": statistics.median(ratios),
@@ -182,7 +208,13 @@ def main() -> int:
     ap.add_argument("--scheduler", action="store_true", help="give train_epoch sslab's warmup-cosine scheduler")
     ap.add_argument("--data", default=DATA, help="parquet of images; '' for random uint8 images")
     ap.add_argument("--min-ratio", type=float, default=0.9)
+    ap.add_argument("--fused", action="store_true", help="the fused augmentation (augment.fused), both sides")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC model and views (train.channels_last), both sides")
+    ap.add_argument("--compile", action="store_true", help="torch.compile (train.compile), both sides; warm-up compiles")
+    ap.add_argument("--fast", action="store_true", help="every kept CPU optimisation: --fused --channels-last --precision bf16")
     args = ap.parse_args()
+    if args.fast:
+        args.fused, args.channels_last, args.precision = True, True, "bf16"
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -193,8 +225,10 @@ def main() -> int:
     print(f"{args.backbone}{f' width {args.width}' if args.backbone == 'small_convnet' else ''}, batch "
           f"{args.batch_size}, precision {args.precision}, images: {source} {list(images.shape)}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps per side")
+    print(f"fast path: fused augmentation {args.fused}, channels_last {args.channels_last}, compile {args.compile}")
     result = compare(images, device, args.backbone, args.width, args.batch_size, args.precision, args.rounds,
-                     args.steps, args.warmup, args.scheduler)
+                     args.steps, args.warmup, args.scheduler, fused=args.fused, channels_last=args.channels_last,
+                     compile=args.compile)
     print(f"sslab train_epoch: {result['sslab_images_per_s']:.1f} img/s (median over rounds)")
     print(f"bare PyTorch loop: {result['bare_images_per_s']:.1f} img/s (median over rounds)")
     print(f"ratio sslab/bare:  {result['ratio']:.3f} (median of per-round ratios; "

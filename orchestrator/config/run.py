@@ -99,7 +99,7 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere; "
                                                       "bf16 also on CPUs with AVX512-BF16/AMX (faster there, see docs/benchmarks.md)")
-    channels_last: Literal["auto"] | bool = Field("auto", description="NHWC activations for the convolutions "
+    channels_last: Literal["auto", True, False] = Field("auto", description="NHWC activations for the convolutions "
                                                   "(auto: on CUDA only); true on the CPU too")
     compile: bool = Field(False, description="torch.compile the contrastive step (forward and loss; autograd compiles "
                           "the backward): the first step compiles (minutes on a small CPU); a compile error runs eagerly")
