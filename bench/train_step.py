@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_step.py                     # ~40 s on 2 quiet CPU cores, ~3 min at load 4
     .venv/bin/python bench/train_step.py --threads 1         # steadier on shared cores
+    .venv/bin/python bench/train_step.py --fast --threads 1 --clock cpu   # the CPU fast path, CPU time
     python3 bench/train_step.py --device cuda --backbone resnet18_cifar --batch-size 512
 
 Both sides train SimCLR (NT-Xent, temperature 0.5) with AdamW (lr 1e-3, weight decay 1e-4) on
@@ -117,6 +118,7 @@ def compare(
     fused: bool = False,
     channels_last: bool = False,
     compile: bool = False,
+    clock=time.perf_counter,
 ) -> dict:
     """Interleaved rounds of sslab's train_epoch and the bare loop; returns rates and the median ratio.
 
@@ -153,10 +155,10 @@ def compare(
 
     def timed(fn, idx: torch.Tensor) -> float:
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(idx)
         sync()
-        return len(idx) / (time.perf_counter() - t0)
+        return len(idx) / (clock() - t0)
 
     def run_sslab(idx: torch.Tensor) -> float:
         return timed(lambda i: train_epoch(learner, opt_sslab, sched, images, i, augment, batch_size, device,
@@ -211,6 +213,8 @@ def main() -> int:
     ap.add_argument("--fused", action="store_true", help="the fused augmentation (augment.fused), both sides")
     ap.add_argument("--channels-last", action="store_true", help="NHWC model and views (train.channels_last), both sides")
     ap.add_argument("--compile", action="store_true", help="torch.compile (train.compile), both sides; warm-up compiles")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: this process's CPU time (CPU only; steadier on a shared machine, with --threads 1)")
     ap.add_argument("--fast", action="store_true", help="every kept CPU optimisation: --fused --channels-last --precision bf16")
     args = ap.parse_args()
     if args.fast:
@@ -228,7 +232,7 @@ def main() -> int:
     print(f"fast path: fused augmentation {args.fused}, channels_last {args.channels_last}, compile {args.compile}")
     result = compare(images, device, args.backbone, args.width, args.batch_size, args.precision, args.rounds,
                      args.steps, args.warmup, args.scheduler, fused=args.fused, channels_last=args.channels_last,
-                     compile=args.compile)
+                     compile=args.compile, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
     print(f"sslab train_epoch: {result['sslab_images_per_s']:.1f} img/s (median over rounds)")
     print(f"bare PyTorch loop: {result['bare_images_per_s']:.1f} img/s (median over rounds)")
     print(f"ratio sslab/bare:  {result['ratio']:.3f} (median of per-round ratios; "
