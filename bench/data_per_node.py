@@ -9,9 +9,11 @@ Each arm is a child process with its own local Ray (2 CPUs) that runs one sweep 
 file made of `--copies` copies of the bundled sample. The arm `per_worker` sets SSLAB_DATA_PER_WORKER=1
 (the old path); `object_store` is the default. From orchestrator.training.timeline's marks:
 
-  memory        per trial worker, the peak of its private memory (RssAnon + RssFile) and of its RSS
-                (VmRSS, which also counts the pages of the object store it reads), summed over the
-                4 trials' workers; and the private sum plus the object store's one decoded copy.
+  memory        per trial worker, the peak of its private memory (RssAnon: heap and tensors) and of
+                its RSS (VmRSS, which also counts the libraries' file pages and the pages of the object
+                store it reads), summed over the 4 trials' workers: up to the end of the epoch (data
+                and training) and over the whole worker (with the final evaluation); and the private
+                sum plus the object store's one decoded copy.
   first step    per trial, seconds from run_training's start (in the trial's task) to the end of its
                 first training step; the median over the trials.
 
@@ -76,11 +78,14 @@ def decoded_bytes(data: str) -> int:
 
 def figures(marks: list[dict]) -> dict:
     ends = [m for m in marks if m["phase"] == "worker_end"]
+    epochs = [m for m in marks if m["phase"] == "epoch_end" and m.get("epoch") == 0]
     runs = {m["run"]: m["name"] for m in marks if m["phase"] == "fit_start"}  # Ray Train run -> trial
     starts = {m["name"]: m["t"] for m in marks if m["phase"] == "trial_start"}
     first = {runs[m["run"]]: m["t"] for m in marks if m["phase"] == "first_step" and m.get("rank") == 0}
     to_first = [first[name] - starts[name] for name in first]
     return {"workers": len(ends),
+            "epoch_peak_private_bytes_summed": sum(m["peak_private"] for m in epochs),
+            "epoch_peak_rss_bytes_summed": sum(m["peak_VmRSS"] for m in epochs),
             "peak_private_bytes_summed": sum(m["peak_private"] for m in ends),
             "peak_rss_bytes_summed": sum(m["peak_VmRSS"] for m in ends),
             "peak_shared_bytes_max": max(m["peak_RssShmem"] for m in ends),
@@ -111,12 +116,13 @@ def main() -> int:
             results[arm] = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps({"arm": arm, **results[arm]}), flush=True)
     old, new = results["per_worker"], results["object_store"]
-    for key in ("peak_private_bytes_summed", "peak_rss_bytes_summed", "start_to_first_step_median_s"):
+    for key in ("epoch_peak_private_bytes_summed", "epoch_peak_rss_bytes_summed", "peak_private_bytes_summed",
+                "peak_rss_bytes_summed", "start_to_first_step_median_s"):
         print(f"{key}: object_store / per_worker = {new[key] / old[key]:.2f}")
-    held = new["peak_private_bytes_summed"] + copy_bytes
     print(f"decoded data: {copy_bytes / 2**20:.1f} MiB")
-    print(f"private memory summed + the object store's copy: object_store / per_worker = "
-          f"{held / old['peak_private_bytes_summed']:.2f}")
+    for key in ("epoch_peak_private_bytes_summed", "peak_private_bytes_summed"):
+        print(f"{key} + the object store's copy: object_store / per_worker = "
+              f"{(new[key] + copy_bytes) / old[key]:.2f}")
     return 0
 
 

@@ -100,8 +100,11 @@ def phases_of(marks: list[dict], result: dict) -> dict:
 def run_arm(tree: str, runs: int) -> list[dict]:
     """A child process of this script with `tree`'s code; its runs' results."""
     with tempfile.TemporaryDirectory(prefix="sslab-overhead-") as folder:
+        # PYTHONPATH: Ray's workers inherit it (they do not inherit the child's sys.path), so they run
+        # `tree`'s code too, not the editable install's
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", tree, "--runs", str(runs),
-                              "--folder", folder], capture_output=True, text=True)
+                              "--folder", folder], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": tree})
         if out.returncode != 0:
             raise RuntimeError(f"arm {tree} failed:\n{out.stderr[-4000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])

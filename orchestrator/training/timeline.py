@@ -34,9 +34,10 @@ def process_started() -> float:
 
 
 class MemoryPeaks:
-    """This process's peak private memory (RssAnon + RssFile) and its shared memory (RssShmem: pages of
-    Ray's object store it reads), sampled every 50 ms. RSS alone counts a shared page in every process
-    that maps it; private + one shared copy is what the machine holds."""
+    """This process's peak private memory (RssAnon: its heap and tensors) and its shared memory
+    (RssShmem: pages of Ray's object store it reads), sampled every 50 ms. RSS alone also counts the
+    libraries' file pages (RssFile, shared through the page cache) and a shared page in every process
+    that maps it; the private sum plus one shared copy is what the machine holds for the data."""
 
     FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 
@@ -50,7 +51,7 @@ class MemoryPeaks:
         with open("/proc/self/status") as handle:
             values = {key: int(rest.split()[0]) * 1024 for key, _, rest in (line.partition(":") for line in handle)
                       if key in self.FIELDS}
-        values["private"] = values["RssAnon"] + values["RssFile"]
+        values["private"] = values["RssAnon"]
         for name, value in values.items():
             self.peak[name] = max(self.peak[name], value)
 
@@ -58,11 +59,14 @@ class MemoryPeaks:
         while not self._stop.wait(0.05):
             self.sample()
 
+    def so_far(self) -> dict[str, int]:
+        self.sample()
+        return {f"peak_{name}": value for name, value in self.peak.items()}
+
     def stop(self) -> dict[str, int]:
         self._stop.set()
         self._thread.join()
-        self.sample()
-        return {f"peak_{name}": value for name, value in self.peak.items()}
+        return self.so_far()
 
 
 def first_call(on_step, phase: str, **extra):

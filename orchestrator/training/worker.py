@@ -128,7 +128,7 @@ def train_worker(loop_config: dict) -> None:
             if progress:
                 progress.close()
             return report_non_finite(error, epoch, world, step_losses)
-        timeline.mark("epoch_end", run=run, rank=rank, epoch=epoch)
+        timeline.mark("epoch_end", run=run, rank=rank, epoch=epoch, **(memory.so_far() if memory else {}))
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr, "train/images_per_s": stats.images_per_s,
                    "train/steps": stats.steps,
                    **{f"pretext/{name}": value for name, value in task_metrics.items()}}
