@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config.loader import load_config
+from orchestrator.config.loader import ConfigError, load_config
 from orchestrator.training.run import run_training
 
 sys.path.insert(0, ROOT)
@@ -30,6 +30,17 @@ def test_the_example_is_the_recipe_it_says():
     assert (train.precision, train.channels_last, train.compile, config.augment.fused) == ("bf16", True, True, True)
     assert config.model.backbone == "resnet18_cifar" and train.batch_size >= 512 and train.warmup_epochs > 0
     assert config.data.test_fraction > 0 and config.resources.gpus_per_worker == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.channels_last=maybe"], r"train.channels_last: Input should be 'auto', True or False"),
+    (["train.compile=yes please"], r"train.compile: Input should be a valid boolean"),
+    (["augment.fused=2"], r"augment.fused: Input should be a valid boolean"),
+    (["bank.mode=queue", "workload.loss=info_nce"], r"train.compile compiles the in-batch contrastive step.*bank.mode 'queue'"),
+])
+def test_the_fast_path_keys_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(EXAMPLE, [ON_CPU[0], *overrides])
 
 
 @pytest.mark.slow
