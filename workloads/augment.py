@@ -195,6 +195,9 @@ class SimCLRAugment(torch.nn.Module):
         self.mean = _check_triple("mean", mean, positive=False)
         self.std = _check_triple("std", std, positive=True)
         self.fused = fused
+        # On the module's device once it is moved there: no host-to-device copy per step.
+        self.register_buffer("mean_", torch.tensor(self.mean), persistent=False)
+        self.register_buffer("std_", torch.tensor(self.std), persistent=False)
         # SimCLR: kernel 10% of the image side, odd, at least 3.
         self.blur_kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
@@ -233,6 +236,8 @@ class SimCLRAugment(torch.nn.Module):
         order = [k for k in torch.randperm(4).tolist() if self.jitter[k] > 0]
         gates = u < torch.tensor([self.flip_p, self.jitter_p, self.grayscale_p, self.blur_p])
         params = torch.cat([boxes.reshape(batch, 8), gates.to(torch.float32), factors], dim=1)
+        if device.type == "cuda":  # pinned: the copy is queued without waiting for the stream
+            params = params.pin_memory()
         params = params.to(device, non_blocking=True)
         gates = tuple(params[:, 8 + k].bool().view(batch, 1, 1, 1) for k in range(4))
         # sigma stays on the CPU: kornia checks it there without waiting for the device.
@@ -253,7 +258,7 @@ class SimCLRAugment(torch.nn.Module):
             affines.append(colour_affine(crop, factors, order if self.jitter_p > 0 else [], jit.view(-1),
                                          gray.view(-1)))
         a, b = (torch.cat([affine[k] for affine in affines]) for k in range(2))
-        return apply_colour(torch.cat(crops), a, b, self.mean, self.std)
+        return apply_colour(torch.cat(crops), a, b, *self.normalisation(x.device))
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """One augmented, normalised view of float images in [0, 1], op by op."""
@@ -284,6 +289,11 @@ class SimCLRAugment(torch.nn.Module):
         if self.blur_p > 0:
             k = self.blur_kernel
             out = torch.where(blur, gaussian_blur2d(out, (k, k), sigma, border_type="reflect"), out)
-        m = torch.tensor(self.mean).view(1, 3, 1, 1).to(device, non_blocking=True)
-        sd = torch.tensor(self.std).view(1, 3, 1, 1).to(device, non_blocking=True)
-        return (out - m) / sd
+        m, sd = self.normalisation(device)
+        return (out - m.view(1, 3, 1, 1)) / sd.view(1, 3, 1, 1)
+
+    def normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std [3] on `device`: the buffers, copied only where the images are elsewhere."""
+        if self.mean_.device != device:
+            return self.mean_.to(device), self.std_.to(device)
+        return self.mean_, self.std_

@@ -17,6 +17,7 @@ alone match the op-by-op path to float rounding.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,10 +46,20 @@ def crop_flip_resize(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, s
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def _hue_matrix(turns: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def constants(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The colour maps' constant tensors, made once per device: a tensor built from Python numbers is a
+    host-to-device copy, which on CUDA waits for the stream, so none is built per step."""
+    def make(values):
+        return torch.tensor(values, dtype=dtype).to(device)
+
+    return {"luma": make(LUMA), "eye": make([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]), "neutral": make([1.0, 1.0, 1.0, 0.0]),
+            "hue_base": make(_HUE_BASE), "hue_cos": make(_HUE_COS), "hue_sin": make(_HUE_SIN)}
+
+
+def _hue_matrix(turns: torch.Tensor, const: dict[str, torch.Tensor]) -> torch.Tensor:
     angle = turns * (2 * math.pi)
-    base, cos, sin = (torch.tensor(m, dtype=turns.dtype, device=turns.device) for m in (_HUE_BASE, _HUE_COS, _HUE_SIN))
-    return base + angle.cos().view(-1, 1, 1) * cos + angle.sin().view(-1, 1, 1) * sin
+    return const["hue_base"] + angle.cos().view(-1, 1, 1) * const["hue_cos"] + angle.sin().view(-1, 1, 1) * const["hue_sin"]
 
 
 def colour_affine(crops: torch.Tensor, factors: torch.Tensor, order: list[int], jitter_on: torch.Tensor,
@@ -58,14 +69,12 @@ def colour_affine(crops: torch.Tensor, factors: torch.Tensor, order: list[int], 
     factors [B,4]: brightness, contrast, saturation factors and the hue shift in turns; order: the
     jitter ops' order (0..3); jitter_on, gray_on [B] bool gates.
     """
-    batch, device, dtype = len(crops), crops.device, crops.dtype
-    neutral = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device, dtype=dtype)
-    factors = torch.where(jitter_on.view(-1, 1), factors, neutral)  # gate off: every op is the identity
-    eye = torch.eye(3, device=device, dtype=dtype).expand(batch, 3, 3)
-    luma = torch.tensor(LUMA, device=device, dtype=dtype)
+    batch, const = len(crops), constants(crops.device, crops.dtype)
+    factors = torch.where(jitter_on.view(-1, 1), factors, const["neutral"])  # gate off: every op is the identity
+    eye, luma = const["eye"].expand(batch, 3, 3), const["luma"]
     to_gray = luma.expand(3, 3)  # every output channel = luma · p
     mean = crops.mean(dim=(2, 3))  # contrast blends towards the mean gray of the image as it is then
-    a, b = eye, torch.zeros(batch, 3, device=device, dtype=dtype)
+    a, b = eye, crops.new_zeros(batch, 3)
     for k in order:
         f = factors[:, k].view(-1, 1, 1)
         if k == 0:  # brightness: f p
@@ -77,16 +86,17 @@ def colour_affine(crops: torch.Tensor, factors: torch.Tensor, order: list[int], 
         elif k == 2:  # saturation: s p + (1 - s) gray(p)
             m = f * eye + (1 - f) * to_gray
         else:
-            m = _hue_matrix(factors[:, 3])
+            m = _hue_matrix(factors[:, 3], const)
         a, b = m @ a, (m @ b.unsqueeze(-1)).squeeze(-1)
     gray = gray_on.view(-1, 1, 1)
     return torch.where(gray, to_gray @ a, a), torch.where(gray.view(-1, 1), (b @ luma).unsqueeze(-1).expand(-1, 3), b)
 
 
-def apply_colour(crops: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mean, std) -> torch.Tensor:
-    """clamp(A p + b, 0, 1), normalised with mean/std: one matmul, one clamp, one multiply-add."""
+def apply_colour(crops: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor) -> torch.Tensor:
+    """clamp(A p + b, 0, 1), normalised with mean/std [3] (on the crops' device): one matmul, one clamp, one
+    multiply-add."""
     batch, channels, height, width = crops.shape
     out = torch.baddbmm(b.unsqueeze(-1), a, crops.reshape(batch, channels, height * width)).clamp_(0.0, 1.0)
-    scale = 1.0 / torch.tensor(std, dtype=crops.dtype, device=crops.device).view(1, 3, 1)
-    shift = -torch.tensor(mean, dtype=crops.dtype, device=crops.device).view(1, 3, 1) * scale
-    return torch.addcmul(shift, out, scale).view(batch, channels, height, width)
+    scale = 1.0 / std.view(1, 3, 1)
+    return torch.addcmul(-mean.view(1, 3, 1) * scale, out, scale).view(batch, channels, height, width)
