@@ -35,8 +35,9 @@ def share(config: SSLabConfig):
     (a video workload; SSLAB_DATA_PER_WORKER=1)."""
     if config.workload.kind in VIDEO_KINDS or os.environ.get(PER_WORKER_ENV) == "1":
         return None
-    # No CPU reserved: the decoding runs while the trial's workers start, not after them.
-    return decode_splits.options(num_cpus=0).remote(config.model_dump(mode="json"))
+    # No CPU reserved: the decoding runs while the trial's workers start, not after them. Retries (on a
+    # lost worker or node only; a DataError is not retried) let Ray rebuild a copy lost with its node.
+    return decode_splits.options(num_cpus=0, max_retries=3).remote(config.model_dump(mode="json"))
 
 
 def share_once(shared: dict, config: SSLabConfig):
@@ -47,7 +48,7 @@ def share_once(shared: dict, config: SSLabConfig):
     return shared[key]
 
 
-@ray.remote(max_retries=0)
+@ray.remote
 def decode_splits(config_json: dict) -> dict:
     splits = load_splits(SSLabConfig.model_validate(config_json))
     return {"normalization": splits.normalization,
