@@ -9,6 +9,7 @@ import os
 import pickle
 import time
 
+import numpy as np
 import pytest
 import ray
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from own_id_checks import check_own_id, own_case
 
 from orchestrator.memory_bank import BankTimeoutError, ShardedMemoryBank
+from orchestrator.memory_bank.wire import from_wire, to_wire
 from workloads.bank import LocalBank, NegativeBank
 from workloads.losses import info_nce_loss
 
@@ -321,3 +323,17 @@ def test_a_killed_shard_is_restarted_and_refilled(ray_local):
         assert bank.shard_restarts == 1
     finally:
         bank.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64, torch.bfloat16])
+def test_wire_round_trip_keeps_values_and_dtype(dtype):
+    t = torch.arange(12).reshape(3, 4).to(dtype)
+    sent = to_wire((t, None))
+    assert isinstance(sent[0], torch.Tensor if dtype == torch.bfloat16 else np.ndarray) and sent[1] is None
+    if isinstance(sent[0], np.ndarray):
+        sent[0].setflags(write=False)  # as Ray hands it back: a read-only view of its store
+    back, _ = from_wire(sent)
+    assert back.dtype == dtype and torch.equal(back, t)
+    expected = t.clone()
+    back += 1  # writable (a bfloat16 tensor passed through is the caller's own)
+    assert torch.equal(back - 1, expected)
