@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lightly-workers", type=int, default=2, help="DataLoader processes on lightly's side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["lightly", "sslab"], help="run one side only (no ratios)")
+    parser.add_argument("--no-rescore", action="store_true",
+                        help="take sslab's own test/knn_top1 (the same function on the same splits) instead of "
+                             "scoring its encoder.pt again here: saves one feature pass")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an sslab config key, e.g. train.compile=true (repeatable); lightly's side reads only "
                              "the model, loss, optimiser and budget keys of the same config")
@@ -165,7 +168,7 @@ def train_lightly(config: SSLabConfig, splits, workers: int) -> dict:
     return summary(steps * config.train.batch_size, seconds, len(splits.train), knn, time.monotonic() - started)
 
 
-def train_sslab(config: SSLabConfig, splits, workdir: str) -> dict:
+def train_sslab(config: SSLabConfig, splits, workdir: str, rescore: bool = True) -> dict:
     from mlflow.tracking import MlflowClient
 
     from workloads.checkpoint import checkpoint_normalization, load_encoder
@@ -186,9 +189,11 @@ def train_sslab(config: SSLabConfig, splits, workdir: str) -> dict:
     rates = {m.step: m.value for m in client.get_metric_history(printed["run_id"], "train/images_per_s")}
     images = sum(steps.values()) * config.train.batch_size
     seconds = sum(steps[e] * config.train.batch_size / rates[e] for e in steps)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    backbone, metadata = load_encoder(client.download_artifacts(printed["run_id"], "encoder.pt", workdir))
-    knn = knn_top1(config, backbone, splits.train, splits.test, checkpoint_normalization(metadata), CPU)
+    knn = printed["test/knn_top1"]
+    if rescore:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        backbone, metadata = load_encoder(client.download_artifacts(printed["run_id"], "encoder.pt", workdir))
+        knn = knn_top1(config, backbone, splits.train, splits.test, checkpoint_normalization(metadata), CPU)
     return {**summary(images, seconds, len(splits.train), knn, wall), "reported": printed.get("test/knn_top1"),
             **wall_phases(marks, started, started + wall)}
 
@@ -229,7 +234,7 @@ def main(argv=None) -> int:
             if args.only in (None, side):
                 load = os.getloadavg()[0]
                 results[side] = (train_lightly(config, splits, args.lightly_workers) if side == "lightly"
-                                 else train_sslab(config, splits, workdir))
+                                 else train_sslab(config, splits, workdir, rescore=not args.no_rescore))
                 print(f"{side:8s} " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in results[side].items())
                       + f"  load {load:.1f}->{os.getloadavg()[0]:.1f}", flush=True)  # 1-min load average: shared cores
