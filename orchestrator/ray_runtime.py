@@ -7,8 +7,9 @@ import ray
 # Ray Train's controller polls its workers every 2 s by default, and a run's start and end each wait
 # for a poll. On one machine a short poll is cheap; measured here, the wait after a run's last report
 # fell from 5.2-5.5 s to 0.9-1.2 s and a 1-epoch tiny run from 30.7-35.1 s to 25.8-27.7 s (a loaded
-# 2-core VM).
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# 2-core VM). Ray Train's preemption watcher (one more actor process per run, polling Ray for nodes a
+# cloud provider drains) has nothing to watch on one machine.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 # A tracking server or S3 endpoint that goes away during a run is retried by the clients' own retries,
