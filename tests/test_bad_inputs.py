@@ -28,7 +28,7 @@ CONFIG_CASES = [
     ("unknown-top-level-key", "train", {"trian": {"epochs": 2}}, [],
      ["trian: unknown key (did you mean 'train'?)", "valid keys here: augment, bank, data"]),
     ("misspelled-nested-key", "train", {"train": {"epocs": 2}}, [],
-     ["train.epocs: unknown key (did you mean 'epochs'?)", "batch_size, device, epochs"]),
+     ["train.epocs: unknown key (did you mean 'epochs'?)", "valid keys here: batch_size, channels_last, compile, device, epochs"]),
     ("misspelled-workload-key", "train", {"workload": {"kind": "rotation", "hiden": 8}}, [],
      ["workload.hiden: unknown key (did you mean 'hidden'?) for workload kind 'rotation'"]),
     ("misspelled-search-key", "sweep", {"search": {**SEARCH, "n_trails": 2}}, [],

@@ -283,7 +283,7 @@ def test_a_second_driver_is_refused_and_stop_ends_the_sweep_killed(cluster, mlfl
     stopped = cluster.sslab("stop", job_id, cwd=cwd)
     assert stopped.returncode == 0 and f"{job_id}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
     took = client.get_job_info(job_id).end_time / 1000 - stop_requested  # SIGKILL after STOP_GRACE_S
-    deadline = time.time() + 90  # 30 s was not enough on a loaded 2-core machine (measured)
+    deadline = time.time() + 180  # 30 s, then 90 s, were not enough on a loaded 2-core machine (measured)
     while True:
         runs = runs_of(mlflow_server, "stopsweep")
         parents = [r.info.status for r in runs if r.data.tags.get("sslab.kind") == "sweep"]
