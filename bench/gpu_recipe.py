@@ -81,7 +81,7 @@ def load_data(uri: str, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     if os.path.exists(prepared_path(uri)):
         from torchvision.io import decode_jpeg
 
-        saved = torch.load(prepared_path(uri))
+        saved = torch.load(prepared_path(uri), weights_only=True)  # tensors only
         jpegs = list(saved["bytes"].split(saved["lengths"].tolist()))
         decoded = decode_jpeg(jpegs, device=device if device.type == "cuda" else "cpu")
         return torch.stack(decoded).cpu(), saved["labels"]
