@@ -21,6 +21,7 @@ FALLING = {"colorization": "mse_ab", "denoising": "mse", "context_encoder": "mse
 
 
 @pytest.mark.examples
+@pytest.mark.slow  # so that `pytest -m "not slow"`, which replaces the ini's `-m "not examples"`, leaves them out too
 @pytest.mark.parametrize("kind", sorted([*ACCURACY_ABOVE, *FALLING]))
 def test_example_trains_as_written_and_its_pretext_metric_improves(kind, workdir):
     out = subprocess.run([os.path.join(BIN, "sslab"), "train", f"{ROOT}/examples/{kind}.yaml"],
