@@ -37,6 +37,7 @@ def test_a_live_holder_refuses_others_and_says_who_it_is(database):
         assert again.previous is None
 
 
+@pytest.mark.slow  # waits out a lease (5-6 s)
 def test_an_expired_lease_is_taken_over_and_its_holder_notices(database):
     name = "pipeline:nightly"
     gone = Lease(database, name, 3, host="host-a", run_key="K1").acquire()

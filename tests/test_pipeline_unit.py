@@ -154,6 +154,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow  # `sslab pipeline run` processes
 def test_lock_across_hosts_is_the_lease(tmp_path):
     """Two hosts share no filesystem (each its own lock folder) but one database: the lease refuses the
     second while the first lives, through the CLI as well (exit status 3, naming the holder)."""
@@ -194,6 +195,7 @@ def test_where_the_lease_lives(tmp_path):
         make_plan(path, ["pipeline.lease_database=not a url"], run_key="K")
 
 
+@pytest.mark.slow  # `sslab pipeline` processes
 def test_cli_locked_status_and_bad_input(tmp_path):
     lock_dir = tmp_path / "locks"
     text = PIPELINE + f"lock_dir: {lock_dir}\n"
