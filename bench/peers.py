@@ -23,6 +23,7 @@ epochs' train/images_per_s seconds, read from MLflow). Wall: the side's whole ti
 subprocess, Ray start and its own final evaluation included). kNN top-1: both encoders scored by the
 same function (`trial_eval.knn_top1`: frozen features, k=200, tau=0.1, `workloads.evaluate.knn`),
 the training split as the labelled memory (stratified by the split), the test split as queries.
+The untrained backbone (same seed) is scored the same way first: the reference both sides must clear.
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-rescore", action="store_true",
                         help="take sslab's own test/knn_top1 (the same function on the same splits) instead of "
                              "scoring its encoder.pt again here: saves one feature pass")
+    parser.add_argument("--no-random-init", action="store_true", help="skip scoring the untrained backbone")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an sslab config key, e.g. train.compile=true (repeatable); lightly's side reads only "
                              "the model, loss, optimiser and budget keys of the same config")
@@ -230,6 +232,11 @@ def main(argv=None) -> int:
               f"projection {args.hidden}/{args.out_dim}, {args.threads} threads, {args.minutes} min per side; "
               f"sslab --set {' '.join(args.set) or '(none)'}", flush=True)
         results = {}
+        if not args.no_random_init:  # the reference both sides must clear: the same backbone, untrained
+            torch.manual_seed(config.seed)
+            untrained = build_backbone(config.model.backbone, **backbone_kwargs(config))
+            random_knn = knn_top1(config, untrained, splits.train, splits.test, lightly_parts(config)[4], CPU)
+            print(f"random init kNN top-1 {random_knn:.4f} (the same backbone at seed {config.seed}, untrained)", flush=True)
         for side in ("lightly", "sslab"):
             if args.only in (None, side):
                 load = os.getloadavg()[0]
