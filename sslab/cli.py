@@ -18,9 +18,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from orchestrator.config.loader import load_config
+
+    config = load_config(args.config, args.set)  # a bad config is refused before Ray Train's and torch's imports (4 s)
     from orchestrator.training.run import run_training
 
-    config = load_config(args.config, args.set)
     result = run_training(config)
     from mlflow.tracking import MlflowClient
 
@@ -106,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     scores = evaluate_checkpoint(args.checkpoint, args.train, args.test, knn_k=args.knn_k,
                                  knn_temperature=args.knn_temperature, linear_probe=not args.no_linear_probe,
-                                 s3_endpoint_url=args.s3_endpoint_url)
+                                 s3_endpoint_url=args.s3_endpoint_url, precision=args.precision)
     print(json.dumps(scores, indent=2))
     return 0
 
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--knn-temperature", type=float, default=None)
     evaluate.add_argument("--no-linear-probe", action="store_true")
     evaluate.add_argument("--s3-endpoint-url", default=None)
+    evaluate.add_argument("--precision", choices=("recorded", "fp32", "bf16"), default="recorded",
+                          help="how the backbone runs: recorded (default: as the run computed its scores, which "
+                               "encoder.pt keeps), fp32 (exact) or bf16 (autocast)")
     evaluate.set_defaults(func=cmd_eval)
 
     compare = commands.add_parser("compare", help="the runs of an MLflow experiment with their params and metrics, best first")

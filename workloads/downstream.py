@@ -16,6 +16,7 @@ from workloads.data import ImageDataset, Normalization, using_normalization
 from workloads.evaluate import alignment, knn_accuracy, uniformity
 from workloads.evaluate.features import extract_features
 from workloads.evaluate.linear_probe import fit_linear_probe
+from workloads.evaluate.precision import autocast
 
 
 def downstream_scores(
@@ -30,6 +31,8 @@ def downstream_scores(
     device: str | torch.device = "cpu",
     seed: int = 0,
     held_out: ImageDataset | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Metric name -> value (DESIGN.md names), plus the evaluated split's features for figures.
 
@@ -38,10 +41,13 @@ def downstream_scores(
     test/knn_top1 and test/linear_top1. normalization: the training split's statistics, what the
     encoder was trained on. augment: the run's configured augmentation (its mean/std must be
     `normalization`'s); None: SimCLRAugment's default parameters with that normalisation.
+    precision, channels_last: how the backbone runs (see extract_features; default exact fp32 NCHW);
+    the classifiers and metrics always work on float32 features.
     """
-    train_x = extract_features(backbone, train.images, normalization, device=device)
+    how = dict(device=device, precision=precision, channels_last=channels_last)
+    train_x = extract_features(backbone, train.images, normalization, **how)
     splits = {"downstream": evaluated} | ({"test": held_out} if held_out is not None else {})
-    features = {prefix: extract_features(backbone, split.images, normalization, device=device)
+    features = {prefix: extract_features(backbone, split.images, normalization, **how)
                 for prefix, split in splits.items()}
     scores = {}
     for prefix, split in splits.items():
@@ -52,26 +58,30 @@ def downstream_scores(
         probe = fit_linear_probe(train_x, train.labels, seed=seed, num_classes=classes)
         for prefix, split in splits.items():
             scores[f"{prefix}/linear_top1"] = probe.accuracy(features[prefix], split.labels)
-    scores.update(representation_scores(backbone, evaluated.images, normalization, augment, device, seed))
+    scores.update(representation_scores(backbone, evaluated.images, normalization, augment, device, seed, precision,
+                                        channels_last))
     return scores, features["downstream"]
 
 
 def linear_top1(backbone: nn.Module, train: ImageDataset, evaluated: ImageDataset, normalization: Normalization,
-                device: str | torch.device = "cpu", seed: int = 0) -> float:
+                device: str | torch.device = "cpu", seed: int = 0, precision: str = "fp32",
+                channels_last: bool = False) -> float:
     """downstream/linear_top1 alone (a probe fitted on the training split, scored on `evaluated`)."""
-    train_x = extract_features(backbone, train.images, normalization, device=device)
-    test_x = extract_features(backbone, evaluated.images, normalization, device=device)
+    how = dict(device=device, precision=precision, channels_last=channels_last)
+    train_x = extract_features(backbone, train.images, normalization, **how)
+    test_x = extract_features(backbone, evaluated.images, normalization, **how)
     classes = max(train.num_classes, int(evaluated.labels.max()) + 1)
     return fit_linear_probe(train_x, train.labels, seed=seed, num_classes=classes).accuracy(test_x, evaluated.labels)
 
 
 def representation_scores(backbone: nn.Module, images: torch.Tensor, normalization: Normalization,
                           augment: SimCLRAugment | None = None, device: str | torch.device = "cpu",
-                          seed: int = 0) -> dict[str, float]:
+                          seed: int = 0, precision: str = "fp32", channels_last: bool = False) -> dict[str, float]:
     """repr/alignment and repr/uniformity (Wang & Isola 2020) of L2-normalised features of two views of
     `images` (uint8) drawn by `augment` with a fixed seed, so the numbers repeat. Uniformity is the mean
     of the two views' uniformities (as Wang & Isola compute it), not that of the pooled views, which
-    would count each image's positive pair as a uniformity pair."""
+    would count each image's positive pair as a uniformity pair. precision, channels_last: as in
+    extract_features (the views are drawn in fp32 either way)."""
     if augment is None:
         augment = SimCLRAugment(image_size=images.shape[-1], mean=normalization.mean, std=normalization.std)
     if tuple(augment.mean) != tuple(normalization.mean) or tuple(augment.std) != tuple(normalization.std):
@@ -83,19 +93,22 @@ def representation_scores(backbone: nn.Module, images: torch.Tensor, normalizati
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         view1, view2 = augment(images.to(device))
-    z1 = F.normalize(_features(backbone, view1, normalization), dim=1)
-    z2 = F.normalize(_features(backbone, view2, normalization), dim=1)
+    z1, z2 = (F.normalize(_features(backbone, view, normalization, precision, channels_last), dim=1)
+              for view in (view1, view2))
     return {"repr/alignment": float(alignment(z1, z2)),
             "repr/uniformity": float((uniformity(z1) + uniformity(z2)) / 2)}
 
 
 @torch.no_grad()
-def _features(backbone: nn.Module, views: torch.Tensor, normalization: Normalization,
-              batch_size: int = 512) -> torch.Tensor:
+def _features(backbone: nn.Module, views: torch.Tensor, normalization: Normalization, precision: str = "fp32",
+              channels_last: bool = False, batch_size: int = 512) -> torch.Tensor:
+    """float32 CPU features of already-normalised views (extract_features takes uint8 images)."""
+    if channels_last:  # NHWC input for a backbone training converted to channels_last; the backbone is not changed
+        views = views.contiguous(memory_format=torch.channels_last)
     was_training = backbone.training
     backbone.eval()
     try:
-        with using_normalization(normalization):
+        with using_normalization(normalization), autocast(precision, views.device):
             return torch.cat([backbone(views[i : i + batch_size]).float().cpu() for i in range(0, len(views), batch_size)])
     finally:
         backbone.train(was_training)

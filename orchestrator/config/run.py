@@ -131,6 +131,11 @@ class EvalConfig(Section):
     linear_probe: bool = True
     embedding_map_points: int = Field(2000, ge=10)
     random_init_baseline: bool = Field(False, description="also score the encoder before training (downstream/random_init/knn_top1)")
+    precision: Literal["train", "fp32"] = Field("train", description="the precision and layout the backbone runs in "
+                                                "for the final scores and the pruner's: train (as training ran it: "
+                                                "train.precision and train.channels_last, so bf16 + NHWC on CUDA, fp32 "
+                                                "on the CPU unless train.precision: bf16) or fp32 (exact fp32 NCHW scores); "
+                                                "video workloads score in fp32")
     images_uri: str | None = Field(None, description="video workloads: labelled images for the image kNN "
                                    "(downstream/knn_top1), so video and image encoders compare (null: the bundled sample)")
     # label propagation's knobs (the CRW protocol's), chosen on the synthetic clips' validation split: on

@@ -22,10 +22,12 @@ CONTRACT_PARAMS = {
 }
 
 
-# What a run learns only once its data is loaded: reported by the workers with the first epoch
-# (orchestrator.trial_eval.data_record) and recorded as params by the MLflow callback.
+# What a run learns only once its data is loaded and its device known: reported by the workers with
+# the first epoch (orchestrator.trial_eval.data_record, precision_record) and recorded as params by the
+# MLflow callback. scores_*: eval.precision resolved, the precision and layout the scores were computed in.
 REPORTED_PARAMS = {"sslab.data_hash": "data_hash", "sslab.test_data_hash": "test_data_hash",
-                   "sslab.data_mean": "data_mean", "sslab.data_std": "data_std"}
+                   "sslab.data_mean": "data_mean", "sslab.data_std": "data_std",
+                   "sslab.eval_precision": "scores_precision", "sslab.eval_channels_last": "scores_channels_last"}
 
 
 def reported_params(report: dict) -> list[Param]:

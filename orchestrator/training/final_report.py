@@ -15,7 +15,7 @@ from torch import nn
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.secrets import redact
 from orchestrator.tracking.figures import embedding_map
-from orchestrator.training.trial_eval import Splits, make_augment
+from orchestrator.training.trial_eval import Splits, eval_precision, make_augment
 from workloads.checkpoint import save_encoder
 from workloads.downstream import downstream_scores
 
@@ -26,9 +26,10 @@ def report_final(config: SSLabConfig, encoder: nn.Module, kwargs: dict, splits: 
     encoder_wrapper: how the encoder wraps the backbone (see workloads.pretext.registry), kept in encoder.pt
     with the normalisation and the augmentation the encoder was trained with."""
     train, val, normalization = splits.train, splits.val, splits.normalization
+    scoring = eval_precision(config, device)  # eval.precision: as training ran the backbone, or exact fp32
     scores, val_features = downstream_scores(encoder, train, val, normalization, make_augment(config, normalization),
                                              config.eval.knn_k, config.eval.knn_temperature, config.eval.linear_probe,
-                                             device, config.seed, held_out=splits.test)
+                                             device, config.seed, held_out=splits.test, **scoring._asdict())
     with tempfile.TemporaryDirectory() as folder:
         data = {"uri": config.data.uri, "content_hash": train.content_hash, "val_fraction": config.data.val_fraction,
                 "test_fraction": config.data.test_fraction, "test_uri": config.data.test_uri}
@@ -37,6 +38,7 @@ def report_final(config: SSLabConfig, encoder: nn.Module, kwargs: dict, splits: 
             "augment": config.augment.model_dump(mode="json"),
             "eval": config.eval.model_dump(), "classes": train.classes, "seed": config.seed,
             "encoder_wrapper": encoder_wrapper, "workload": config.workload.kind,
+            "eval_precision": scoring._asdict(),  # how the scores were computed: sslab eval computes them so too
         })
         for name, figure in (figures or {}).items():
             figure.savefig(os.path.join(folder, name), dpi=100, bbox_inches="tight")

@@ -26,6 +26,8 @@ from workloads.data import (
 from workloads.downstream import linear_top1, representation_scores
 from workloads.evaluate import knn_accuracy
 from workloads.evaluate.features import extract_features
+from workloads.evaluate.precision import FP32, FeaturePrecision, resolve_precision
+from workloads.training.loop import use_channels_last
 
 # The objectives computed on the validation split when the pruner asks for them (not per-epoch metrics).
 VAL_METRICS = ("downstream/knn_top1", "downstream/linear_top1", "repr/alignment", "repr/uniformity")
@@ -103,29 +105,52 @@ def make_augment(config: SSLabConfig, normalization: Normalization) -> SimCLRAug
                          std=normalization.std)
 
 
+def eval_precision(config: SSLabConfig, device) -> FeaturePrecision:
+    """eval.precision on this device. train: the features are computed as training ran the backbone
+    (train.precision and train.channels_last resolved here: bf16 + NHWC on CUDA by default, fp32 NCHW
+    on the CPU unless set), for training's speed-up; fp32: exact fp32 NCHW scores."""
+    if config.eval.precision == "fp32":
+        return FP32
+    device = torch.device(device)
+    return FeaturePrecision(resolve_precision(config.train.precision, device),
+                            use_channels_last(config.train.channels_last, device))
+
+
+def precision_record(scoring: FeaturePrecision) -> dict[str, str]:
+    """Reported with a run's first epoch and recorded as params (orchestrator.tracking.REPORTED_PARAMS):
+    how its downstream/*, repr/* and test/* scores were computed."""
+    return {"sslab.eval_precision": scoring.precision, "sslab.eval_channels_last": str(scoring.channels_last)}
+
+
 def knn_top1(config: SSLabConfig, backbone, memory: ImageDataset, query: ImageDataset, normalization: Normalization,
-             device) -> float:
-    """kNN top-1 of `query` with `memory` (the training split) as the labelled memory."""
-    features = [extract_features(backbone, split.images, normalization, device=device) for split in (memory, query)]
+             device, scoring: FeaturePrecision = FP32) -> float:
+    """kNN top-1 of `query` with `memory` (the training split) as the labelled memory; scoring: how the
+    features are computed (default exact fp32, what bench/peers.py scores both sides with)."""
+    features = [extract_features(backbone, split.images, normalization, device=device, **scoring._asdict())
+                for split in (memory, query)]
     return knn_accuracy(features[0], memory.labels, features[1], query.labels, k=config.eval.knn_k,
                         temperature=config.eval.knn_temperature)
 
 
-def random_init_knn(config: SSLabConfig, backbone, splits: Splits, device) -> dict:
+def random_init_knn(config: SSLabConfig, backbone, splits: Splits, device, scoring: FeaturePrecision = FP32) -> dict:
     return {"downstream/random_init/knn_top1": knn_top1(config, backbone, splits.train, splits.val,
-                                                        splits.normalization, device)}
+                                                        splits.normalization, device, scoring)}
 
 
-def val_metrics(config: SSLabConfig, encoder, splits: Splits, objective: str, device) -> dict[str, float]:
+def val_metrics(config: SSLabConfig, encoder, splits: Splits, objective: str, device,
+                scoring: FeaturePrecision = FP32) -> dict[str, float]:
     """The validation-split metric `objective` (one of VAL_METRICS) of the encoder as it is now (repr/*
-    come as a pair: both are measured on the same views)."""
+    come as a pair: both are measured on the same views); scoring: how the features are computed (the
+    worker passes eval_precision's, as the final evaluation uses)."""
     if objective == "downstream/knn_top1":
-        return {objective: knn_top1(config, encoder, splits.train, splits.val, splits.normalization, device)}
+        return {objective: knn_top1(config, encoder, splits.train, splits.val, splits.normalization, device, scoring)}
     if objective == "downstream/linear_top1":
-        return {objective: linear_top1(encoder, splits.train, splits.val, splits.normalization, device, config.seed)}
+        return {objective: linear_top1(encoder, splits.train, splits.val, splits.normalization, device, config.seed,
+                                       **scoring._asdict())}
     if objective in ("repr/alignment", "repr/uniformity"):
         return representation_scores(encoder, splits.val.images, splits.normalization,
-                                     make_augment(config, splits.normalization), device, config.seed)
+                                     make_augment(config, splits.normalization), device, config.seed,
+                                     **scoring._asdict())
     raise ValueError(f"search.objective {objective!r} is not measured on the validation split during training; "
                      f"the pruner can use {', '.join(VAL_METRICS)}, or a train/ or bank/ metric")
 

@@ -22,8 +22,10 @@ from orchestrator.training.shared_data import read_splits
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
 from orchestrator.training.trial_eval import (
     data_record,
+    eval_precision,
     load_splits,
     make_augment,
+    precision_record,
     random_init_knn,
     should_prune,
     val_metrics,
@@ -68,8 +70,9 @@ def train_worker(loop_config: dict) -> None:
     optimizer = build_optimizer(learner.parameters(), config.train)
     steps_per_epoch = len(train) // config.train.batch_size  # global batches: the same on every rank
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.train.epochs, steps_per_epoch * config.train.warmup_epochs)
+    scoring = eval_precision(config, device)  # eval.precision: how the pruner's and the final scores are computed
     resumed, first_epoch, first_metrics = latest_state(), 0, {
-        **data_record(splits), "sslab.node_id": ray.get_runtime_context().get_node_id()}
+        **data_record(splits), **precision_record(scoring), "sslab.node_id": ray.get_runtime_context().get_node_id()}
     if resumed:
         learner.load_state_dict(resumed["learner"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -77,7 +80,7 @@ def train_worker(loop_config: dict) -> None:
         first_epoch = resumed["epoch"] + 1
         first_metrics["train/resumed_from_epoch"] = first_epoch
     elif rank == 0 and config.eval.random_init_baseline:
-        first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), splits, device))
+        first_metrics.update(random_init_knn(config, encoder_of(learner).to(device), splits, device, scoring))
     channels_last = use_channels_last(config.train.channels_last, device)
     if channels_last:
         learner = learner.to(memory_format=torch.channels_last)
@@ -150,7 +153,7 @@ def train_worker(loop_config: dict) -> None:
         if pruning and epoch < config.train.epochs - 1:
             encoder = encoder_of(learner)
             if should_prune(pruning, metrics, epoch, rank, world,
-                            lambda objective: val_metrics(config, encoder, splits, objective, device)):
+                            lambda objective: val_metrics(config, encoder, splits, objective, device, scoring)):
                 report_epoch({**metrics, "sslab.pruned": 1}, state)
                 return
         report_epoch(metrics, state)

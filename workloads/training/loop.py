@@ -5,12 +5,12 @@ module where there are several workers); the orchestrator decides how to run and
 """
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from workloads.evaluate.precision import autocast
 from workloads.training.finite import FiniteGuard
 
 
@@ -39,12 +39,9 @@ def epoch_shard(num_samples: int, epoch: int, seed: int, rank: int, world_size: 
 
 
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA ('auto' or 'bf16'); fp32 elsewhere."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    """bf16 autocast on CUDA ('auto' or 'bf16') and wherever 'bf16' is asked; fp32 elsewhere. The rule
+    lives with the frozen-feature code (evaluate.precision), so evaluation resolves it as training does."""
+    return autocast(precision, device)
 
 
 def use_channels_last(setting: str | bool, device: torch.device) -> bool:
