@@ -136,6 +136,45 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+SMALL_PER_CLASS = 100  # SMALL_SAMPLE: 1,000 of the sample's 5,000 images
+
+
+def write_small_sample(target: str, per_class: int = SMALL_PER_CLASS, seed: int = 0) -> str:
+    """A stratified subset of SAMPLE: `per_class` rows of each class chosen with a fixed seed, kept in the
+    sample's order, its schema (the class names in its metadata) kept, written as the sample is (one row
+    group, uncompressed). For the end-to-end tests that check the record (statuses, params, tags,
+    artifacts, metric names and counts, locks, resumption, failures), not what the encoder learns: an
+    epoch and the final evaluation over it cost about a fifth of the sample's."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(SAMPLE)
+    labels = table.column("label").to_numpy()
+    rng = np.random.default_rng(seed)
+    picked = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+                             for c in np.unique(labels)])
+    small = table.take(pa.array(np.sort(picked)))
+    assert small.schema.metadata == table.schema.metadata
+    pq.write_table(small, target, row_group_size=len(small), compression="none")
+    return target
+
+
+@pytest.fixture(scope="session")
+def small_sample(tmp_path_factory) -> str:
+    """SMALL_SAMPLE, written once per session: the path of a 1,000-image stratified subset of the sample
+    (100 per class), named like the sample (cifar10_sample.parquet, so a run's dataset name is the same)."""
+    return write_small_sample(str(tmp_path_factory.mktemp("small_sample") / "cifar10_sample.parquet"))
+
+
+@pytest.fixture
+def small_data(workdir, small_sample):
+    """The test's workdir with SMALL_SAMPLE in place of the sample, at the sample's path
+    (examples/data/cifar10_sample.parquet), for the record-only end-to-end tests."""
+    shutil.copy(small_sample, workdir / "examples" / "data" / "cifar10_sample.parquet")
+    return workdir
+
+
 def marked_processes(marker: str, tag: str, path: str) -> dict[int, str]:
     """Live processes started by a test (any generation): those whose environment holds marker=tag, or
     whose command line names `path` (the private Ray temp dir). {pid: command line}."""

@@ -221,7 +221,7 @@ def test_sslab_train_that_diverges_ends_failed_with_the_message(ray_local, workd
 
 
 @pytest.mark.slow
-def test_a_sweep_prunes_the_diverging_trial_and_goes_on(ray_local, workdir):
+def test_a_sweep_prunes_the_diverging_trial_and_goes_on(ray_local, workdir, small_data):
     """search.prune_non_finite: the diverging trial is PRUNED in the study, its run KILLED with
     sslab.pruned=true and the message as sslab.error; the other trial COMPLETE; the parent FINISHED."""
     import optuna

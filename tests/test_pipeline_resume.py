@@ -14,7 +14,7 @@ import time
 
 import optuna
 import pytest
-from conftest import BIN, ROOT, SAMPLE, MarkedCommand
+from conftest import BIN, ROOT, MarkedCommand
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -48,9 +48,10 @@ def kill(run: MarkedCommand) -> int:
     return pid
 
 
-def test_killed_pipeline_resumes_without_repeating_finished_work(tmp_path, production_stack):
+def test_killed_pipeline_resumes_without_repeating_finished_work(tmp_path, production_stack, small_sample):
     os.makedirs(tmp_path / "examples" / "data")
-    shutil.copy(SAMPLE, tmp_path / "examples" / "data" / "cifar10_sample.parquet")
+    # the record of the kills and the resumption, not learning: SMALL_SAMPLE at the sample's path
+    shutil.copy(small_sample, tmp_path / "examples" / "data" / "cifar10_sample.parquet")
     command = [os.path.join(BIN, "sslab"), "pipeline", "run", NIGHTLY, "--run-key", KEY]
     for assignment in SETS + production_stack.sets() + [f"pipeline.lock_dir={tmp_path}/locks"]:
         command += ["--set", assignment]

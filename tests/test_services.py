@@ -126,7 +126,7 @@ def test_train_checks_before_its_mlflow_run_starts(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_tracking_server_killed_mid_run_fails_the_run_in_bounded_time_and_keeps_its_checkpoints(tmp_path):
+def test_a_tracking_server_killed_mid_run_fails_the_run_in_bounded_time_and_keeps_its_checkpoints(tmp_path, small_sample):
     folder = tmp_path / "server"
     folder.mkdir()
     server, url = start_mlflow_server(folder, f"sqlite:///{folder}/mlflow.db", str(folder / "artifacts"))
@@ -135,7 +135,9 @@ def test_a_tracking_server_killed_mid_run_fails_the_run_in_bounded_time_and_keep
     command = MarkedCommand(work)
     try:
         wait_http(f"{url}/health", server, seconds=300)  # a loaded machine starts it slowly
-        sets = TINY + ["train.epochs=30", "name=midrun", f"tracking.uri={url}", f"storage.path={work}/runs"]
+        # SMALL_SAMPLE (the record, not learning): the server is killed after the first of the 30 epochs
+        sets = TINY + [f"data.uri={small_sample}", "train.epochs=30", "name=midrun", f"tracking.uri={url}",
+                       f"storage.path={work}/runs"]
         train = command.run([os.path.join(BIN, "sslab"), "train", f"{ROOT}/examples/quickstart.yaml",
                              *[arg for s in sets for arg in ("--set", s)]], "train.log")
         client = MlflowClient(url)

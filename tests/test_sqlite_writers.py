@@ -13,7 +13,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.config.loader import load_config
 from orchestrator.sweep.driver import run_sweep
 
-EPOCHS, BATCH, TRAIN_IMAGES = 2, 128, 4000  # the sample's 5,000 images less a 10% val and a 10% test split
+# SMALL_SAMPLE's 1,000 images less a 10% val and a 10% test split; batches of 25: 32 steps an epoch, so each
+# trial writes 64 step losses, no fewer than on the whole sample (62: batches of 128 of its 4,000)
+EPOCHS, BATCH, TRAIN_IMAGES = 2, 25, 800
 SEARCH = {"objective": "downstream/knn_top1", "sampler": "grid", "pruner": "none", "n_trials": 4,
           "max_concurrent_trials": 4, "space": {"workload.temperature": {"type": "categorical",
                                                                           "choices": [0.1, 0.2, 0.3, 0.5]}}}
@@ -24,7 +26,7 @@ SETTINGS = [f"train.epochs={EPOCHS}", f"train.batch_size={BATCH}", "model.width=
 
 
 @pytest.mark.slow
-def test_four_concurrent_trials_lose_no_metric_on_sqlite(ray_local, workdir, capsys):
+def test_four_concurrent_trials_lose_no_metric_on_sqlite(ray_local, workdir, small_data, capsys):
     config = load_config(f"{ROOT}/examples/quickstart.yaml", SETTINGS)
     result = run_sweep(config)
     assert result.counts == {"COMPLETE": 4}, result.counts

@@ -84,7 +84,7 @@ def bucket_objects(stack) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_a_sweep_against_the_stack_checkpoints_to_s3_and_records_no_secret(production_stack, tmp_path):
+def test_a_sweep_against_the_stack_checkpoints_to_s3_and_records_no_secret(production_stack, tmp_path, small_sample):
     """`sslab sweep` as a user runs it (one trial), with its record on the MLflow server (PostgreSQL + S3
     artifacts), the study on PostgreSQL and Ray Train's storage on s3://: its own local Ray instance, in a
     subprocess with the stack's environment. A secret is planted as the password of the tracking URI (in
@@ -105,7 +105,7 @@ def test_a_sweep_against_the_stack_checkpoints_to_s3_and_records_no_secret(produ
     sets = ["train.epochs=1", "model.width=4", "eval.linear_probe=false", "eval.random_init_baseline=false",
             "eval.embedding_map_points=100", "eval.knn_k=20", "train.progress=false", "search.n_trials=1",
             "search.pruner=none", "search.max_concurrent_trials=1", "name=stack-sweep", f"search.storage={storage}",
-            f"storage.path={stack.storage_path}", f"data.uri={ROOT}/examples/data/cifar10_sample.parquet"]
+            f"storage.path={stack.storage_path}", f"data.uri={small_sample}"]  # the record, not learning
     env = {**os.environ, **stack.env}
     env.pop("RAY_ADDRESS", None)
     args = [os.path.join(BIN, "sslab"), "sweep", "sweep.yaml"]

@@ -67,7 +67,7 @@ def test_a_sweep_the_pruner_or_the_data_cannot_serve_stops_before_any_work(workd
 
 
 @pytest.mark.slow
-def test_pruner_minimises_the_objective_it_is_given_and_stops_the_worse_trials(ray_local, workdir):
+def test_pruner_minimises_the_objective_it_is_given_and_stops_the_worse_trials(ray_local, workdir, small_data):
     """objective repr/alignment, direction minimize: each epoch the pruner gets the trial's alignment
     on the validation split, and stops the trials whose alignment is high (NT-Xent at a high
     temperature pulls the views together more weakly), not the well-aligned ones."""
@@ -109,7 +109,7 @@ def test_pruner_minimises_the_objective_it_is_given_and_stops_the_worse_trials(r
 
 
 @pytest.mark.slow
-def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_the_invalid_combination(ray_local, workdir, capsys):
+def test_grid_sweep_of_a_pretext_workload_stops_when_exhausted_and_fails_only_the_invalid_combination(ray_local, workdir, small_data, capsys):
     """`sslab sweep examples/rotation.yaml` (in this process, on the test's Ray) over a pretext task's own
     hyperparameter (rotation's head width) and warmup_epochs, which must be below epochs: the (epochs 2,
     warmup 2) points are FAILED trials with the reason, the others run, and the sweep ends when the grid

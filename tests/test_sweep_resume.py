@@ -54,7 +54,7 @@ def trial_runs(db: str) -> list[tuple[str, str, int]]:
 
 
 @pytest.mark.slow
-def test_sweep_killed_mid_sweep_resumes_the_same_study(workdir):
+def test_sweep_killed_mid_sweep_resumes_the_same_study(workdir, small_data):
     driver = Driver(workdir)
     mlflow_db, optuna_db = workdir / "mlflow.db", workdir / "optuna.db"
     timings = {}

@@ -16,7 +16,7 @@ TINY = ["train.epochs=2", "train.batch_size=128", "model.width=8", "eval.knn_k=2
 
 
 @pytest.mark.slow
-def test_train_leaves_finished_run_with_metrics_artifacts_and_params(ray_local, workdir, mlflow_server):
+def test_train_leaves_finished_run_with_metrics_artifacts_and_params(ray_local, workdir, small_data, mlflow_server):
     config = load_config(f"{ROOT}/examples/quickstart.yaml", TINY + [f"tracking.uri={mlflow_server}", "name=tiny"])
     result = run_training(config)
     client = MlflowClient(mlflow_server)
@@ -59,7 +59,7 @@ def test_train_leaves_finished_run_with_metrics_artifacts_and_params(ray_local, 
 
 
 @pytest.mark.slow
-def test_failure_in_a_worker_leaves_failed_run_with_the_error(ray_local, workdir, tmp_path):
+def test_failure_in_a_worker_leaves_failed_run_with_the_error(ray_local, workdir, small_data, tmp_path):
     table = pq.read_table("examples/data/cifar10_sample.parquet")
     images = table.column("image").to_pylist()
     images[7] = b"corrupt"
