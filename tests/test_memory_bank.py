@@ -191,6 +191,9 @@ def test_a_repeated_step_and_rank_lands_once(banks):
     first, again = unit(6, seed=1), unit(6, seed=2)
     bank.push(first, step=0, rank=0)
     bank.push(again, step=0, rank=0)  # a retry or a repeat: dropped, not appended
+    # landed before the copy's repeat is sent: two copies' messages are ordered each within its own
+    # copy only, so without it the copy's `again` could reach the shard first and be the one kept
+    bank.flush()
     other = pickle.loads(pickle.dumps(bank))
     other.push(again, step=0, rank=0)  # from another copy: dropped as well
     bank.push(unit(6, seed=3), step=0, rank=1)
