@@ -21,6 +21,8 @@ from orchestrator.memory_bank.wire import from_wire, to_wire
 from workloads.bank import LocalBank, NegativeBank
 from workloads.losses import info_nce_loss
 
+pytestmark = pytest.mark.slow  # shard actors in the session's local Ray (~40 s): the default suite runs them
+
 DIM, K, TAU = 16, 48, 0.2
 CONFIGS = {
     "q1": dict(size=K, dim=DIM, num_shards=1),
