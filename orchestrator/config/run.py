@@ -123,6 +123,11 @@ class ResourcesConfig(Section):
     workers: int = Field(1, ge=1, le=4096)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
+    in_process: Literal["auto", True, False] = Field("auto", description="run the one worker in a pooled Ray task "
+                                                     "(Ray Train's local mode): no controller, placement group or worker "
+                                                     "actor per run, and the next run reuses the process and its imports; "
+                                                     "auto: when workers is 1 and train.max_failures 0 (nothing restarts, so "
+                                                     "no per-epoch state is written to storage.path); false: Ray Train's workers")
 
 
 class EvalConfig(Section):
@@ -201,6 +206,20 @@ class RunConfig(Section):
             raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of resources.workers "
                              f"({self.resources.workers}): each worker takes an equal share of the batch")
         return self
+
+    @model_validator(mode="after")
+    def _in_process_fits(self) -> "RunConfig":
+        if self.resources.in_process is True and (self.resources.workers != 1 or self.train.max_failures != 0):
+            raise ValueError(f"resources.in_process: true runs one worker that is never restarted, but resources.workers "
+                             f"is {self.resources.workers} and train.max_failures {self.train.max_failures}: set "
+                             "resources.workers: 1 and train.max_failures: 0, or resources.in_process: auto or false")
+        return self
+
+    def runs_in_process(self) -> bool:
+        """Whether the run's one worker runs in a pooled Ray task (resources.in_process) rather than Ray Train's actors."""
+        if self.resources.in_process == "auto":
+            return self.resources.workers == 1 and self.train.max_failures == 0
+        return self.resources.in_process
 
     @model_validator(mode="after")
     def _key_batchnorm_fits(self) -> "RunConfig":

@@ -7,7 +7,6 @@ probe's training set are the training split.
 import os
 import tempfile
 
-import ray.train
 import torch
 import yaml
 from torch import nn
@@ -15,6 +14,7 @@ from torch import nn
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.secrets import redact
 from orchestrator.tracking.figures import embedding_map
+from orchestrator.training.state import report_checkpoint
 from orchestrator.training.trial_eval import Splits, eval_precision, make_augment
 from workloads.checkpoint import save_encoder
 from workloads.downstream import downstream_scores
@@ -48,4 +48,4 @@ def report_final(config: SSLabConfig, encoder: nn.Module, kwargs: dict, splits: 
         with open(os.path.join(folder, "resolved_config.yaml"), "w") as handle:
             yaml.safe_dump(redact(config.model_dump(mode="json")), handle, sort_keys=False)  # secrets masked
         metrics = {"epoch": config.train.epochs, **scores, **(extra or {})}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        report_checkpoint(metrics, folder, "the final checkpoint")

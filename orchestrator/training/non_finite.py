@@ -9,8 +9,11 @@ in its own traceback.
 import os
 import tempfile
 
+import ray.exceptions
 import ray.train
 import torch.distributed as dist
+
+from orchestrator.training.state import report, report_checkpoint
 
 from workloads.errors import DataError, NonFiniteLossError
 
@@ -29,14 +32,14 @@ def report_non_finite(error: NonFiniteLossError, epoch: int, world: int, step_lo
     if step_losses:  # the steps logged before it (train.log_step_loss_every): what led there
         metrics["sslab.step_losses"] = step_losses
     if ray.train.get_context().get_world_rank():
-        ray.train.report(metrics)
+        report(metrics)
         return
     # Ray Train's Result.metrics are those of the last report with a checkpoint: rank 0 attaches one
     # that holds only the message (no train state: nothing resumes from it)
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "non_finite.txt"), "w") as handle:
             handle.write(message)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        report_checkpoint(metrics, folder, "the message of a non-finite step")
 
 
 def non_finite_error(metrics: dict) -> NonFiniteLossError | None:
@@ -50,7 +53,10 @@ READABLE = (NonFiniteLossError, DataError)
 
 def readable_error(error: BaseException) -> BaseException:
     """The error to record and raise: a worker's NonFiniteLossError or DataError unwrapped from Ray
-    Train's WorkerGroupError (whose message is the whole traceback), else the error itself."""
+    Train's WorkerGroupError (whose message is the whole traceback) or from an in-process run's task
+    error, else the error itself."""
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, READABLE):
+        return type(error.cause)(*error.cause.args)
     if isinstance(error, ray.train.WorkerGroupError):
         for failure in error.worker_failures.values():
             for found in (failure, getattr(failure, "cause", None), failure.__cause__):

@@ -13,7 +13,7 @@ from orchestrator.services import check_services
 from orchestrator.tracking.mlflow_callback import MlflowReportCallback
 from orchestrator.tracking.record import Tracker
 from orchestrator.training.non_finite import non_finite_error, readable_error
-from orchestrator.training import timeline
+from orchestrator.training import in_process, timeline
 from orchestrator.training.shared_data import share
 from orchestrator.training.state import full_disk_error
 from orchestrator.training.worker import train_worker
@@ -77,23 +77,15 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
         bank = open_bank(config)
         if bank is not None:
             tracker.client.set_tag(run_id, "sslab.bank_nodes", ",".join(sorted(set(map(str, bank.shard_nodes)))))
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config={"config": config.model_dump(mode="json"), "bank": bank, "pruning": pruning,
-                               "data": data},
-            scaling_config=scaling_for(config),
-            run_config=ray.train.RunConfig(
-                name=train_name,
-                storage_path=config.storage.path,
-                callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
-                failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            ),
-        )
+        loop_config = {"config": config.model_dump(mode="json"), "bank": bank, "pruning": pruning, "data": data}
         timeline.mark("fit_start", run=train_name, name=run_name or config.name)
-        result = trainer.fit()
+        if config.runs_in_process():
+            metrics, checkpoint_dir = in_process.launch(config, train_worker, loop_config, train_name, run_id)
+        else:
+            result = ray_train(config, loop_config, train_name, run_id).fit()
+            metrics, checkpoint_dir = dict(result.metrics or {}), result.checkpoint and result.checkpoint.path
         timeline.mark("fit_end", run=train_name)
-        non_finite = non_finite_error(result.metrics or {})  # the workers stopped at a nan/inf step
+        non_finite = non_finite_error(metrics)  # the workers stopped at a nan/inf step
         if non_finite is not None:
             raise non_finite
     except BaseException as error:
@@ -110,11 +102,26 @@ def run_training(config: SSLabConfig, kind: str = "train", tags: dict | None = N
     finally:
         if bank is not None:
             bank.close()
-    metrics = dict(result.metrics or {})
     pruned = bool(metrics.get("sslab.pruned"))
     if pruned:
         tracker.prune(run_id)
     else:
         tracker.finish(run_id)
-    checkpoint_dir = result.checkpoint.path if result.checkpoint and not pruned else None
-    return TrainResult(run_id, tracker.experiment_id, config.tracking.uri, metrics, checkpoint_dir, pruned)
+    return TrainResult(run_id, tracker.experiment_id, config.tracking.uri, metrics, None if pruned else checkpoint_dir,
+                       pruned)
+
+
+def ray_train(config: SSLabConfig, loop_config: dict, name: str, run_id: str) -> TorchTrainer:
+    """The run's Ray Train workers (resources.workers actors), each report written to MLflow by the controller."""
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_for(config),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=config.storage.path,
+            callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )

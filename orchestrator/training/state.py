@@ -6,15 +6,24 @@ import tempfile
 import ray.train
 import torch
 
+from orchestrator.training import in_process
 from workloads.checkpoint import load_plain
 
 STATE_FILE = "train_state.pt"
 
 
+def report(metrics: dict, folder: str | None = None) -> None:
+    """Every report of a run (with `folder` as its checkpoint): to Ray Train, and for an in-process run
+    also to its MLflow record, which no Ray Train controller writes there."""
+    checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+    in_process.forward(metrics, checkpoint)
+    ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def report_epoch(metrics: dict, state: dict | None) -> None:
-    """Every rank reports; rank 0 attaches the state (Ray copies it to storage.path)."""
+    """Every rank reports; rank 0 attaches the state (copied to storage.path)."""
     if state is None:
-        ray.train.report(metrics)
+        report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, os.path.join(folder, STATE_FILE))
@@ -22,21 +31,28 @@ def report_epoch(metrics: dict, state: dict | None) -> None:
 
 
 def report_checkpoint(metrics: dict, folder: str, what: str) -> None:
-    """ray.train.report with `folder` as the checkpoint. A full disk at storage.path stops the run with
-    an error that says so (ENOSPC); the half-copied folder is removed, so the checkpoints Ray kept are
-    the complete ones (a restarted run resumes from the last of them)."""
-    storage = ray.train.get_context().get_storage()
-    before = checkpoint_folders(storage)
+    """report with `folder` as the checkpoint, copied to storage.path (by Ray Train, or by in_process for
+    an in-process run). A full disk at storage.path stops the run with an error that says so (ENOSPC);
+    the half-copied folder is removed, so the checkpoints kept are the complete ones (a restarted run
+    resumes from the last of them)."""
+    filesystem, root, run_folder = in_process.storage() if in_process.active() else ray_train_storage()
+    before = checkpoint_folders(filesystem, run_folder)
     try:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if in_process.active():
+            in_process.persist(folder)
+        report(metrics, folder)
     except OSError as error:
         if not is_full_disk(error):
             raise
-        for partial in checkpoint_folders(storage) - before:
-            storage.storage_filesystem.delete_dir(partial)
-        where = storage.storage_fs_path
-        where = f"s3://{where}" if storage.storage_filesystem.type_name == "s3" else where
-        raise disk_full(where, f"writing {what}") from None
+        for partial in checkpoint_folders(filesystem, run_folder) - before:
+            filesystem.delete_dir(partial)
+        raise disk_full(f"s3://{root}" if filesystem.type_name == "s3" else root, f"writing {what}") from None
+
+
+def ray_train_storage() -> tuple:
+    """(filesystem, storage.path on it, this run's folder on it) of a Ray Train worker."""
+    storage = ray.train.get_context().get_storage()
+    return storage.storage_filesystem, storage.storage_fs_path, storage.experiment_fs_path
 
 
 def is_full_disk(error: BaseException) -> bool:
@@ -67,12 +83,12 @@ def full_disk_error(error: BaseException, storage_path: str) -> OSError | None:
     return None
 
 
-def checkpoint_folders(storage) -> set[str]:
+def checkpoint_folders(filesystem, run_folder: str) -> set[str]:
     """The run's checkpoint folders on its storage filesystem (local or S3), as paths on it."""
     import pyarrow.fs
 
-    selector = pyarrow.fs.FileSelector(storage.experiment_fs_path, allow_not_found=True)
-    return {info.path for info in storage.storage_filesystem.get_file_info(selector)
+    selector = pyarrow.fs.FileSelector(run_folder, allow_not_found=True)
+    return {info.path for info in filesystem.get_file_info(selector)
             if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")}
 
 

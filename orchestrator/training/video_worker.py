@@ -13,7 +13,7 @@ from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.secrets import redact
 from orchestrator.training.learners import backbone_kwargs, batchnorm_for_workers, unwrap
 from orchestrator.training.non_finite import report_non_finite
-from orchestrator.training.state import latest_state, report_epoch
+from orchestrator.training.state import latest_state, report, report_checkpoint, report_epoch
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
 from orchestrator.training.video_eval import load_video_splits, random_init_scores, scores, task_metrics
 from workloads.checkpoint import save_encoder
@@ -95,7 +95,7 @@ def video_train_worker(loop_config: dict) -> None:
     if progress:
         progress.close()
     if rank != 0:
-        ray.train.report({"epoch": config.train.epochs})
+        report({"epoch": config.train.epochs})
         return
     report_video_final(config, unwrap(task), splits, device)
 
@@ -122,4 +122,4 @@ def report_video_final(config: SSLabConfig, task, splits, device) -> None:
         figure.savefig(os.path.join(folder, f"{config.workload.kind}.png"), dpi=100, bbox_inches="tight")
         with open(os.path.join(folder, "resolved_config.yaml"), "w") as handle:
             yaml.safe_dump(redact(config.model_dump(mode="json")), handle, sort_keys=False)  # secrets masked
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        report_checkpoint(metrics, folder, "the final checkpoint")

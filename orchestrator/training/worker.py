@@ -16,7 +16,7 @@ from orchestrator.training.learners import (
     unwrap,
 )
 from orchestrator.training.non_finite import report_non_finite
-from orchestrator.training.state import latest_state, report_epoch
+from orchestrator.training.state import latest_state, report, report_epoch
 from orchestrator.training import timeline
 from orchestrator.training.shared_data import read_splits
 from orchestrator.training.worker_parts import build_optimizer, progress_bar, step_hook
@@ -163,7 +163,7 @@ def train_worker(loop_config: dict) -> None:
         progress.close()
 
     if rank != 0:
-        ray.train.report({"epoch": config.train.epochs})
+        report({"epoch": config.train.epochs})
     else:
         from orchestrator.training.final_report import report_final  # matplotlib, t-SNE: rank 0, at the end
 
