@@ -14,7 +14,6 @@ import ray.train
 import torch.distributed as dist
 
 from orchestrator.training.state import report, report_checkpoint
-
 from workloads.errors import DataError, NonFiniteLossError
 
 KEY = "sslab.non_finite"

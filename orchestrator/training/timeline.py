@@ -24,9 +24,9 @@ def mark(phase: str, **extra) -> None:
             handle.write(line + "\n")
 
 
-def process_started() -> float:
-    """When this process started (epoch seconds), from /proc: the worker's start before any of our code ran."""
-    with open("/proc/self/stat") as handle:
+def process_started(pid: int | str = "self") -> float:
+    """When this process (or `pid`) started (epoch seconds), from /proc: the worker's start before any of our code ran."""
+    with open(f"/proc/{pid}/stat") as handle:
         ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
     with open("/proc/uptime") as handle:
         uptime = float(handle.read().split()[0])
