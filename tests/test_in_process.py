@@ -110,3 +110,12 @@ def test_an_in_process_run_computes_and_records_what_ray_trains_worker_does(ray_
     # the second in-process run started no process: its task ran in one that Ray had before the run began
     second = task_of(f"inproc2-{results['inproc2'].run_id[:8]}")
     assert timeline.process_started(second.worker_pid) < began["inproc2"]
+
+
+def test_a_gpu_runs_process_is_not_kept_for_the_next_run():
+    """Ray keeps an idle task process: a GPU one would hold its CUDA context and cached memory on the GPU."""
+    from orchestrator.training import in_process
+
+    assert in_process.ON_GPU._default_options["max_calls"] == 1
+    assert in_process.ON_CPU._default_options.get("max_calls", 0) == 0  # a CPU run's process is reused
+    assert in_process.ON_GPU._function is in_process.ON_CPU._function is in_process.fit_task

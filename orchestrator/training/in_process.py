@@ -6,6 +6,8 @@ docs/benchmarks.md). A Ray task's process is pooled instead: the next run on tha
 imports done. The task asks for the worker's CPUs and GPUs, so Ray places and counts it as it would
 the worker.
 
+A GPU run gets a new process each time (see ON_GPU).
+
 Local mode runs no Ray Train callbacks and keeps no checkpoints: each report is given here to the run's
 MlflowReportCallback (state.report calls `forward`), and a checkpoint folder is copied to storage.path
 as Ray Train lays it out (<run>/checkpoint_<time>/, the last two kept; `persist`). Nothing restarts an
@@ -53,13 +55,18 @@ def persist(folder: str) -> str:
     return target
 
 
-@ray.remote(max_retries=0)
-def fit_in_process(*args) -> tuple[dict, str | None]:
+def fit_task(*args) -> tuple[dict, str | None]:
     # Ray ships a task's function with a copy of its globals: `fit`, from the imported module, sets this
     # module's own _run, which the worker's reports read
     from orchestrator.training.in_process import fit
 
     return fit(*args)
+
+
+ON_CPU = ray.remote(max_retries=0)(fit_task)
+# A GPU run's process is not reused: idle, it would keep its CUDA context and cached memory on the GPU
+# that the next run is given (Ray's own default for GPU tasks, which `.options(num_gpus=...)` skips)
+ON_GPU = ray.remote(max_retries=0, max_calls=1)(fit_task)
 
 
 def fit(train_fn, loop_config: dict, name: str, tracking_uri: str, run_id: str,
@@ -84,10 +91,11 @@ def fit(train_fn, loop_config: dict, name: str, tracking_uri: str, run_id: str,
 
 
 def launch(config, train_fn, loop_config: dict, name: str, run_id: str) -> tuple[dict, str | None]:
-    """fit_in_process with the worker's resources, waited for; stopped with the caller (Ctrl-C, a
+    """fit_task (ON_CPU or ON_GPU) with the worker's resources, waited for; stopped with the caller (Ctrl-C, a
     cancelled trial: the task is cancelled with it)."""
     resources = config.resources
-    ref = fit_in_process.options(name=name, num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker).remote(
+    task = ON_GPU if resources.gpus_per_worker else ON_CPU
+    ref = task.options(name=name, num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker).remote(
         train_fn, loop_config, name, config.tracking.uri, run_id, config.storage.path)
     try:
         return ray.get(ref)
