@@ -30,11 +30,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_arm(pruner: str, trials: int, epochs: int, seed: int, folder: str) -> dict:
+def timed_sweep(config):
+    """run_sweep(config): its result, wall seconds, an MLflow client of its store and its trial runs."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.config.loader import load_config
     from orchestrator.sweep.driver import run_sweep
+
+    start = time.perf_counter()
+    result = run_sweep(config)
+    wall = time.perf_counter() - start
+    client = MlflowClient(config.tracking.uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment or config.name)
+    return result, wall, client, client.search_runs([experiment.experiment_id], "tags.`sslab.kind` = 'trial'")
+
+
+def run_arm(pruner: str, trials: int, epochs: int, seed: int, folder: str) -> dict:
+    from orchestrator.config.loader import load_config
 
     search = {"objective": "downstream/knn_top1", "direction": "maximize", "sampler": "tpe", "pruner": pruner,
               "n_trials": trials, "max_concurrent_trials": 2, "seed": seed,
@@ -46,12 +57,7 @@ def run_arm(pruner: str, trials: int, epochs: int, seed: int, folder: str) -> di
     config = load_config(os.path.join(ROOT, "examples", "cifar10_sweep.yaml"), [
         f"name={name}", f"seed={seed}", f"data.uri={ROOT}/examples/data/cifar10_sample.parquet", f"train.epochs={epochs}", f"tracking.uri={tracking}",
         f"storage.path={folder}/checkpoints", f"search={json.dumps(search)}"])
-    start = time.perf_counter()
-    result = run_sweep(config)
-    wall = time.perf_counter() - start
-    client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], "tags.`sslab.kind` = 'trial'")
+    result, wall, client, runs = timed_sweep(config)
     trial_epochs = sum(len(client.get_metric_history(r.info.run_id, "train/loss")) for r in runs)
     best = result.best
     return {"pruner": pruner, "trials": len(runs), "pruned": result.counts.get("PRUNED", 0),

@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,10 +30,8 @@ TINY = ["train.epochs=1", "train.batch_size=128", "model.width=8", "eval.knn_k=2
 
 
 def run_arm(in_process: str, trials: int, folder: str) -> dict:
-    from mlflow.tracking import MlflowClient
-
     from orchestrator.config.loader import load_config
-    from orchestrator.sweep.driver import run_sweep
+    from sweep import timed_sweep  # bench/sweep.py
 
     temperatures = [round(0.1 + 0.05 * index, 2) for index in range(trials)]
     search = {"objective": "downstream/knn_top1", "direction": "maximize", "sampler": "grid", "pruner": "none",
@@ -45,12 +42,7 @@ def run_arm(in_process: str, trials: int, folder: str) -> dict:
     config = load_config(os.path.join(ROOT, "examples", "quickstart.yaml"), TINY + [
         f"name={name}", f"data.uri={ROOT}/examples/data/cifar10_sample.parquet", f"tracking.uri={tracking}",
         f"storage.path={folder}/checkpoints", f"resources.in_process={in_process}", f"search={json.dumps(search)}"])
-    start = time.perf_counter()
-    result = run_sweep(config)
-    wall = time.perf_counter() - start
-    client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], "tags.`sslab.kind` = 'trial'")
+    result, wall, client, runs = timed_sweep(config)
     epochs_s = 0.0
     for run in runs:
         steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/steps")}
