@@ -126,8 +126,8 @@ class ResourcesConfig(Section):
     in_process: Literal["auto", True, False] = Field("auto", description="run the one worker in a pooled Ray task "
                                                      "(Ray Train's local mode): no controller, placement group or worker "
                                                      "actor per run, and the next run reuses the process and its imports; "
-                                                     "auto: when workers is 1 and train.max_failures 0 (nothing restarts, so "
-                                                     "no per-epoch state is written to storage.path); false: Ray Train's workers")
+                                                     "auto: when workers is 1 and train.max_failures 0 (nothing restarts it); "
+                                                     "false: Ray Train's worker actors")
 
 
 class EvalConfig(Section):

@@ -20,7 +20,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-KEEP = 2  # checkpoints kept per run, as Ray Train's CheckpointConfig(num_to_keep=2) in run.py
+KEEP = 2  # checkpoints kept per run, here and by Ray Train's CheckpointConfig (run.py)
 _run: dict | None = None  # the run trained in this process now: its callback and storage
 
 
@@ -39,9 +39,9 @@ def storage() -> tuple[pyarrow.fs.FileSystem, str, str]:
     return _run["filesystem"], _run["root"], _run["folder"]
 
 
-def persist(folder: str) -> str:
-    """Copy a checkpoint folder to storage.path (local or S3) and drop the run's older ones beyond KEEP;
-    its path there. A failed copy (a full disk) raises; state.report_checkpoint removes the partial copy."""
+def persist(folder: str) -> None:
+    """Copy a checkpoint folder to storage.path (local or S3) and drop the run's older ones beyond KEEP.
+    A failed copy (a full disk) raises; state.report_checkpoint removes the partial copy."""
     filesystem, _, run_folder = storage()
     target = f"{run_folder}/checkpoint_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S.%f}"
     filesystem.create_dir(target)
@@ -52,7 +52,6 @@ def persist(folder: str) -> str:
                   if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"))
     for old in kept[:-KEEP]:
         filesystem.delete_dir(old)
-    return target
 
 
 def fit_task(*args) -> tuple[dict, str | None]:

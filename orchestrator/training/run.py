@@ -122,6 +122,6 @@ def ray_train(config: SSLabConfig, loop_config: dict, name: str, run_id: str) ->
             storage_path=config.storage.path,
             callbacks=[MlflowReportCallback(config.tracking.uri, run_id)],
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=in_process.KEEP),
         ),
     )
