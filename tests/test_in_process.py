@@ -119,3 +119,56 @@ def test_a_gpu_runs_process_is_not_kept_for_the_next_run():
     assert in_process.ON_GPU._default_options["max_calls"] == 1
     assert in_process.ON_CPU._default_options.get("max_calls", 0) == 0  # a CPU run's process is reused
     assert in_process.ON_GPU._function is in_process.ON_CPU._function is in_process.fit_task
+
+
+WAIT_FOR_SCRIPT = """
+import json, signal, sys, time
+import ray
+from orchestrator.training.in_process import wait_for
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+
+@ray.remote(max_retries=0)
+def decode():
+    raise ValueError("row 7: cannot decode image")
+
+@ray.remote(max_retries=0)
+def fit(loop_config):
+    return ray.get(loop_config["data"])  # as a run's task reads the sweep's decoded data
+
+@ray.remote(max_retries=0)
+def endless():
+    time.sleep(600)
+
+errors = []
+for _ in range(int(sys.argv[1])):  # Ray aborted this process within 7-38 of these when every error was cancelled
+    try:
+        wait_for(fit.remote({"data": decode.remote()}))
+    except ray.exceptions.RayTaskError as error:
+        errors.append(str(error).count("row 7: cannot decode image") > 0)
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupt)
+ref = endless.remote()
+signal.alarm(3)
+try:
+    wait_for(ref)
+    stopped = "not interrupted"
+except KeyboardInterrupt:
+    try:
+        ray.get(ref, timeout=60)
+        stopped = "finished"
+    except ray.exceptions.TaskCancelledError:
+        stopped = "cancelled"
+print("RESULT " + json.dumps({"errors": errors, "stopped": stopped}), flush=True)
+"""
+
+
+def test_waiting_survives_failed_tasks_and_an_interrupted_wait_cancels_the_task(tmp_path):
+    """Cancelling a task that just failed aborts the driver inside Ray, so this runs in a process of its own."""
+    from conftest import run_cluster_script
+
+    result = run_cluster_script(WAIT_FOR_SCRIPT, ["60"], cwd=str(tmp_path), timeout=240)
+    assert result["errors"] == [True] * 60  # every failure raised with its cause, and the driver lived on
+    assert result["stopped"] == "cancelled"

@@ -96,8 +96,20 @@ def launch(config, train_fn, loop_config: dict, name: str, run_id: str) -> tuple
     task = ON_GPU if resources.gpus_per_worker else ON_CPU
     ref = task.options(name=name, num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker).remote(
         train_fn, loop_config, name, config.tracking.uri, run_id, config.storage.path)
+    return wait_for(ref)
+
+
+def wait_for(ref: ray.ObjectRef):
+    """ray.get(ref); the task cancelled if the caller stops first (Ctrl-C, a cancelled trial)."""
     try:
         return ray.get(ref)
+    except ray.exceptions.RayTaskError:
+        raise  # the task ended with this error: nothing to cancel
     except BaseException:
-        ray.cancel(ref, force=True)
+        # Ray's core worker aborts the whole process when it cancels a task whose reply it then receives
+        # ("Tried to complete task that was not pending"; seen after a RayTaskError): cancel only a task
+        # that has not ended.
+        ended, _ = ray.wait([ref], timeout=0)
+        if not ended:
+            ray.cancel(ref, force=True)
         raise
