@@ -313,7 +313,8 @@ def cancel(running: dict) -> None:
     wait a little for them to be gone: nothing of theirs writes their record after this."""
     if not running:
         return
-    for ref in running:
+    ended, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+    for ref in set(running) - set(ended):  # cancelling an ended task can abort this process (in_process.wait_for)
         try:
             ray.cancel(ref, force=True)
         except Exception:
