@@ -165,6 +165,7 @@ print("RESULT " + json.dumps({"errors": errors, "stopped": stopped}), flush=True
 """
 
 
+@pytest.mark.slow  # a Ray of its own in a subprocess: 19 s
 def test_waiting_survives_failed_tasks_and_an_interrupted_wait_cancels_the_task(tmp_path):
     """Cancelling a task that just failed aborts the driver inside Ray, so this runs in a process of its own."""
     from conftest import run_cluster_script
