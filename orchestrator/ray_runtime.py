@@ -1,4 +1,5 @@
-"""Join the Ray cluster named by RAY_ADDRESS, or start a local instance (the embedded default)."""
+"""Join the Ray cluster named by RAY_ADDRESS, or start a local instance (the embedded default); cancel
+tasks without tripping Ray."""
 import json
 import os
 
@@ -66,3 +67,16 @@ def ensure_ray(worker_logs: bool = True) -> None:
         # to loopback. The dashboard serves the state API that Ray Train uses to watch its controller.
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=worker_logs,
                  _node_ip_address="127.0.0.1", runtime_env={"env_vars": retry_env})
+
+
+def cancel_unended(refs) -> None:
+    """Cancel (force) the tasks of refs that have not ended. Ray's core worker aborts this whole process
+    when it cancels a task whose reply it then receives ("Tried to complete task that was not pending",
+    seen right after a RayTaskError), so an ended task is never cancelled."""
+    refs = list(refs)
+    ended, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in set(refs) - set(ended):
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - it ended meanwhile
+            pass

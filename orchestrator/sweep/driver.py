@@ -45,7 +45,7 @@ from orchestrator.config.local_paths import with_absolute_paths
 from orchestrator.config.schema import SSLabConfig
 from orchestrator.config.search_checks import apply_params
 from orchestrator.config.secrets import redact_text
-from orchestrator.ray_runtime import ensure_ray
+from orchestrator.ray_runtime import cancel_unended, ensure_ray
 from orchestrator.services import check_services
 from orchestrator.sweep.coordinator import call, start_coordinator
 from orchestrator.sweep.driver_lock import DriverLock
@@ -169,10 +169,7 @@ def drive(config: SSLabConfig, coordinator, record: SweepRecord, deadline: float
     def time_out(ref: ray.ObjectRef) -> None:
         """Stop a trial past its time: FAILED 'timed out after N min' (unless it ended just now)."""
         if not ray.wait([ref], timeout=0)[0]:
-            try:
-                ray.cancel(ref, force=True)  # ends its process, and with it the Ray Train run it owns
-            except Exception:  # noqa: BLE001 - it ended meanwhile: ray.get below tells
-                pass
+            cancel_unended([ref])  # ends its process, and with it the Ray Train run it owns; ray.get below tells
             ray.wait([ref], timeout=CANCEL_WAIT_S)
             try:
                 ray.get(ref, timeout=0)
@@ -313,12 +310,7 @@ def cancel(running: dict) -> None:
     wait a little for them to be gone: nothing of theirs writes their record after this."""
     if not running:
         return
-    ended, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
-    for ref in set(running) - set(ended):  # cancelling an ended task can abort this process (in_process.wait_for)
-        try:
-            ray.cancel(ref, force=True)
-        except Exception:
-            pass
+    cancel_unended(running)
     try:
         ray.wait(list(running), num_returns=len(running), timeout=CANCEL_WAIT_S)
     except Exception:

@@ -20,6 +20,8 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from orchestrator.ray_runtime import cancel_unended
+
 KEEP = 2  # checkpoints kept per run, here and by Ray Train's CheckpointConfig (run.py)
 _run: dict | None = None  # the run trained in this process now: its callback and storage
 
@@ -106,10 +108,5 @@ def wait_for(ref: ray.ObjectRef):
     except ray.exceptions.RayTaskError:
         raise  # the task ended with this error: nothing to cancel
     except BaseException:
-        # Ray's core worker aborts the whole process when it cancels a task whose reply it then receives
-        # ("Tried to complete task that was not pending"; seen after a RayTaskError): cancel only a task
-        # that has not ended.
-        ended, _ = ray.wait([ref], timeout=0)
-        if not ended:
-            ray.cancel(ref, force=True)
+        cancel_unended([ref])
         raise
