@@ -105,8 +105,6 @@ def wait_for(ref: ray.ObjectRef):
     """ray.get(ref); the task cancelled if the caller stops first (Ctrl-C, a cancelled trial)."""
     try:
         return ray.get(ref)
-    except ray.exceptions.RayTaskError:
-        raise  # the task ended with this error: nothing to cancel
     except BaseException:
-        cancel_unended([ref])
+        cancel_unended([ref])  # a task that ended with its error is left alone
         raise
